@@ -1,0 +1,39 @@
+"""`aft`: Adaptive Feature Transfer (Qiu et al., ICML 2024).
+
+The student's batch kernel K = phi_n phi_n^T is pulled towards the kernel of the scaled teacher
+features K' = psi'_n psi'_n^T, psi' = psi * sigmoid(s), with rows centred over the batch and
+L2-normalised; R = sqrt(mean((K - K')^2) + 1e-8). Comparing kernels instead of features lets the
+student ignore directions of psi it has no use for, and the learned scales s downweight teacher
+features that do not help the task.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from aft.methods import Regularizer, register_method
+
+
+def normalized_kernel(x):
+    x = x - x.mean(0, keepdim=True)
+    x = F.normalize(x, dim=1, eps=1e-8)
+    return x @ x.T
+
+
+def kernel_distance(k_student, k_teacher):
+    return torch.sqrt((k_student - k_teacher).pow(2).mean() + 1e-8)
+
+
+@register_method("aft")
+class AdaptiveFeatureTransfer(Regularizer):
+    def __init__(self, student_dim, teacher_dims, cfg):
+        super().__init__(student_dim, teacher_dims, cfg)
+        # s = 0: every teacher feature starts at weight sigmoid(0) = 1/2
+        self.scales = nn.Parameter(torch.zeros(sum(teacher_dims)), requires_grad=cfg.learn_scales)
+
+    def param_groups(self, cfg):
+        # The scales have their own learning rate and no weight decay (a decay would pull s to 0).
+        return [{"params": [self.scales], "lr": cfg.prior_lr, "weight_decay": 0.0}] if cfg.learn_scales else []
+
+    def forward(self, student_feat, teacher_feat):
+        scaled = teacher_feat * torch.sigmoid(self.scales)
+        return kernel_distance(normalized_kernel(student_feat), normalized_kernel(scaled))

@@ -1,0 +1,12 @@
+"""`init`: standard transfer learning. No regulariser; the model starts from --init_model's weights."""
+import torch
+
+from aft.methods import Regularizer, register_method
+
+
+@register_method("init")
+class StandardTransfer(Regularizer):
+    uses_teacher = False
+
+    def forward(self, student_feat, teacher_feat=None):
+        return torch.zeros((), device=student_feat.device)

@@ -1,0 +1,44 @@
+"""Where and how numbers are computed: the device, the precision, the seed. Decided in one place."""
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+from aft.errors import UserError
+
+
+def resolve_device(name="auto"):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device={name} but no CUDA device is visible; use --device=cpu or --device=auto")
+    return torch.device(name)
+
+
+def resolve_precision(name, device):
+    """auto: bf16 autocast on CUDA, fp32 elsewhere (bf16 matmuls on a CPU are slow, not fast)."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if name not in ("bf16", "fp32"):
+        raise UserError(f"--precision={name}; valid: auto, bf16, fp32")
+    return name
+
+
+def autocast(device, precision):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def speed_settings(device):
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True

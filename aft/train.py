@@ -1,0 +1,286 @@
+"""The training loop: CE + beta * R for one downstream model, one method, one beta (SPEC 2, 3).
+
+Everything a step touches (inputs, labels, teacher features) is on the device before the first
+step; the batch order of each epoch and each batch's text width are computed on the host once per
+epoch, so a step never waits for the device. The loss is read back only at evaluation points.
+"""
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from aft.datasets import load_task, train_eval_indices
+from aft.errors import UserError
+from aft.features import atomic_save, feature_path, read_features, safe_load
+from aft.methods import get_method
+from aft.models import create_classifier
+from aft.runtime import autocast, resolve_device, resolve_precision, seed_everything, speed_settings
+
+STEP_MULTIPLIED = ("mnli", "qqp", "qnli")  # the paper trains 4x longer on these
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    model_class: str = "tiny_bert"
+    init_model: str = ""
+    dataset: str = "tweets"
+    pretrained_models: str = "all-MiniLM-L6-v2"
+    train_frac: float = 1.0
+    use_val: bool = False
+    method: str = "aft"
+    prec: float = 3.0
+    learn_scales: bool = True
+    prior_lr: float = 1e-2
+    steps: int = 1500
+    eval_steps: int = 500
+    optimizer: str = "adam"
+    batch_size: int = 64
+    lr: float = 1e-3
+    wd: float = 0.0
+    no_augment: bool = True
+    use_wandb: bool = False
+    wandb_project: str = "aft"
+    wandb_group: str = ""
+    ckpt_dir: str = ""
+    resume: bool = False
+    run_name: str = ""
+    features_dir: str = "./features"
+    data_dir: str = ""
+    out_dir: str = "./results"
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    image_size: int = 0
+    eval_batch_size: int = 512
+    extract_batch_size: int = 256
+
+
+def default_run_name(cfg):
+    parts = [cfg.dataset, cfg.model_class, cfg.method, f"prec{cfg.prec:g}", f"lr{cfg.lr:g}"]
+    if cfg.train_frac != 1:
+        parts.append(f"frac{cfg.train_frac:g}")
+    parts.append(f"seed{cfg.seed}")
+    if cfg.use_val:
+        parts.append("val")
+    return "_".join(parts).replace("/", "-")
+
+
+def check_config(cfg):
+    get_method(cfg.method)
+    if cfg.prec < 0:
+        raise UserError(f"--prec={cfg.prec} must be >= 0 (it is beta, the regularisation strength)")
+    if not 0 < cfg.train_frac <= 1:
+        raise UserError(f"--train_frac={cfg.train_frac} must be in (0, 1]")
+    for flag in ("steps", "batch_size", "eval_steps"):
+        if getattr(cfg, flag) <= 0:
+            raise UserError(f"--{flag}={getattr(cfg, flag)} must be > 0")
+    if cfg.optimizer not in ("adam", "sgd"):
+        raise UserError(f"--optimizer={cfg.optimizer}; valid: adam, sgd")
+    if cfg.init_model and cfg.init_model != cfg.model_class:
+        raise UserError(f"--init_model={cfg.init_model} must be empty (random init) or equal to "
+                        f"--model_class={cfg.model_class} (start from its pre-trained weights)")
+    if cfg.resume and not cfg.ckpt_dir:
+        raise UserError("--resume needs --ckpt_dir (where the run's checkpoint is)")
+
+
+def load_teacher_features(cfg, task, device):
+    """Concatenated train features of every pre-trained model; a missing cache is computed on the spot."""
+    from aft.extract import extract_to_cache
+    names = [m for m in cfg.pretrained_models.split(",") if m]
+    if not names:
+        raise UserError(f"--method={cfg.method} needs --pretrained_models (comma-separated model names)")
+    caches = []
+    for name in names:
+        path = feature_path(cfg.features_dir, name, task.name)
+        if not os.path.exists(path):
+            print(f"features {path} not found: computing them now (same as save_features.py)", flush=True)
+            extract_to_cache(name, task, path, cfg.extract_batch_size, device, cfg.precision,
+                             cfg.image_size or None)
+        caches.append(read_features(path, name, task.name, len(task.train), len(task.test), cfg.features_dir))
+    return caches
+
+
+def make_optimizer(cfg, model, method, device):
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}] + method.param_groups(cfg)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.wd, **fused)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.wd, **fused)
+
+
+def cosine_schedule(optimizer, steps):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+
+def epoch_batches(n, batch_size, seed, epoch):
+    """The batches of one epoch: a fresh shuffle per epoch, derived from (seed, epoch) so a resumed
+    run sees exactly the batches the uninterrupted run would have."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    size = min(batch_size, n)
+    return list(perm[: n - n % size].split(size))  # equal-size batches: no ragged last step
+
+
+@torch.inference_mode()
+def evaluate(model, inputs, labels, cfg, device, precision):
+    model.eval()
+    batches = list(torch.arange(len(labels)).split(cfg.eval_batch_size))
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for idx, width in zip(batches, inputs.widths(batches)):
+        idx = idx.to(device)
+        with autocast(device, precision):
+            logits, _ = model(inputs.batch(idx, width))
+        correct += (logits.argmax(-1) == labels[idx]).sum()
+    model.train()
+    return correct.item() / len(labels)
+
+
+def run(cfg):
+    """Train, evaluate every `eval_steps`, write the results JSON; returns the results dict."""
+    check_config(cfg)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    speed_settings(device)
+    seed_everything(cfg.seed)
+    run_name = cfg.run_name or default_run_name(cfg)
+    started = time.time()
+
+    task = load_task(cfg.dataset, cfg.data_dir or None)
+    steps = cfg.steps * (4 if cfg.dataset in STEP_MULTIPLIED else 1)
+    train_idx, val_idx = train_eval_indices(len(task.train), cfg.train_frac, cfg.use_val)
+    eval_split = task.train.subset(val_idx) if cfg.use_val else task.test
+
+    method_cls = get_method(cfg.method)
+    teacher_dims, psi = [], None
+    if method_cls.uses_teacher:
+        caches = load_teacher_features(cfg, task, device)
+        teacher_dims = [c["train"].shape[1] for c in caches]
+        psi = torch.cat([c["train"][train_idx] for c in caches], 1).to(device)
+
+    model, spec = create_classifier(cfg.model_class, task.num_classes, pretrained=bool(cfg.init_model))
+    if spec.modality != task.modality:
+        raise UserError(f"model {cfg.model_class} takes {spec.modality} but dataset {task.name} is {task.modality}")
+    student_dim = model.head.in_features
+    method = method_cls(student_dim, teacher_dims, cfg)
+    model, method = model.to(device), method.to(device)
+    if device.type == "cuda" and spec.modality == "image":
+        model = model.to(memory_format=torch.channels_last)
+
+    # Preprocess once: the whole train split is encoded, then the rows trained on are kept.
+    image_size = cfg.image_size or None
+    train_inputs = spec.make_inputs(task.train.subset(train_idx).inputs, task, image_size).to(device)
+    train_labels = task.train.labels[train_idx].to(device)
+    eval_inputs = spec.make_inputs(eval_split.inputs, task, image_size).to(device)
+    eval_labels = eval_split.labels.to(device)
+    augment = cfg.method == "init" and not cfg.no_augment and task.modality == "image"
+
+    optimizer = make_optimizer(cfg, model, method, device)
+    scheduler = cosine_schedule(optimizer, steps)
+    forward = torch.compile(model) if cfg.compile else model
+
+    ckpt_path = os.path.join(cfg.ckpt_dir, f"{run_name}.pt") if cfg.ckpt_dir else None
+    step, evals = 0, []
+    if cfg.resume and ckpt_path and os.path.exists(ckpt_path):
+        state = safe_load(ckpt_path, "checkpoint")
+        model.load_state_dict(state["model"])
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        step, evals = state["step"], json.loads(state["evals"])
+        print(f"resumed {run_name} from {ckpt_path} at step {step}", flush=True)
+
+    wandb_run = start_wandb(cfg, run_name) if cfg.use_wandb else None
+    n_train = len(train_labels)
+    batches_per_epoch = max(1, n_train // min(cfg.batch_size, n_train))
+    sums = torch.zeros(3, device=device)  # running loss, ce, reg since the last evaluation
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first step with a non-finite loss
+    since = step
+    bar = tqdm(total=steps, initial=step, desc=run_name, leave=False, mininterval=2, file=sys.stderr)
+    model.train()
+    while step < steps:
+        epoch, offset = divmod(step, batches_per_epoch)
+        batches = epoch_batches(n_train, cfg.batch_size, cfg.seed, epoch)[offset:]
+        widths = train_inputs.widths(batches)
+        for idx, width in zip(batches, widths):
+            idx = idx.to(device, non_blocking=True)
+            with autocast(device, precision):
+                logits, phi = forward(train_inputs.batch(idx, width, augment))
+            ce = F.cross_entropy(logits.float(), train_labels[idx])
+            reg = method(phi.float(), psi[idx] if psi is not None else None)
+            loss = ce + cfg.prec * reg
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            sums += torch.stack([loss.detach(), ce.detach(), reg.detach()])
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
+                                    torch.full_like(first_bad, step), first_bad)
+            bar.update(1)
+            if step % cfg.eval_steps == 0 or step == steps:
+                bad = int(first_bad)
+                if bad >= 0:
+                    kept = f"; the last good checkpoint is {ckpt_path}" if ckpt_path and os.path.exists(ckpt_path) else ""
+                    raise UserError(f"the loss became NaN or inf at step {bad}{kept}; lower --lr or --prec")
+                acc = evaluate(model, eval_inputs, eval_labels, cfg, device, precision)
+                loss_m, ce_m, reg_m = (sums / (step - since)).tolist()
+                record = dict(step=step, loss=loss_m, ce=ce_m, reg=reg_m, acc=acc)
+                evals.append(record)
+                sums.zero_()
+                since = step
+                split = "val" if cfg.use_val else "test"
+                tqdm.write(f"step {step}/{steps} | loss {loss_m:.4f} | ce {ce_m:.4f} | reg {reg_m:.4f} | "
+                           f"{split}_acc {acc:.4f} | {time.time() - started:.0f}s")
+                if wandb_run is not None:
+                    wandb_run.log({"loss": loss_m, "ce": ce_m, "reg": reg_m, f"{split}_acc": acc}, step=step)
+                if ckpt_path:
+                    save_checkpoint(ckpt_path, model, method, optimizer, scheduler, step, evals, device)
+            if step >= steps:
+                break
+    bar.close()
+
+    results = dict(run_name=run_name, config=asdict(cfg), steps=steps, eval_split="val" if cfg.use_val else "test",
+                   n_train=n_train, n_eval=len(eval_labels), evals=evals, final_acc=evals[-1]["acc"],
+                   device=device.type, precision=precision, seconds=round(time.time() - started, 1))
+    write_json(os.path.join(cfg.out_dir, f"{run_name}.json"), results)
+    if wandb_run is not None:
+        wandb_run.summary["final_acc"] = results["final_acc"]
+        wandb_run.finish()
+    return results
+
+
+def save_checkpoint(path, model, method, optimizer, scheduler, step, evals, device):
+    state = dict(model=model.state_dict(), method=method.state_dict(), optimizer=optimizer.state_dict(),
+                 scheduler=scheduler.state_dict(), step=step, evals=json.dumps(evals), rng_cpu=torch.get_rng_state())
+    if device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state()
+    atomic_save(state, path)
+
+
+def write_json(path, obj):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def start_wandb(cfg, run_name):
+    import wandb
+    # Without credentials an online run cannot start; log offline then (`wandb sync` uploads later).
+    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    return wandb.init(project=cfg.wandb_project, name=run_name, config=asdict(cfg), mode=mode,
+                      group=cfg.wandb_group or f"{cfg.dataset}_{cfg.model_class}_{cfg.method}", reinit=True)

@@ -1,0 +1,92 @@
+"""The feature cache: round trip, atomic writes, and every mismatch refused with a clear error."""
+import os
+
+import pytest
+import torch
+
+from aft.errors import UserError
+from aft.features import feature_path, make_meta, read_features, write_features
+
+
+def write(path, n_train=6, n_test=4, dim=3, model="m", dataset="d"):
+    train, test = torch.randn(n_train, dim), torch.randn(n_test, dim)
+    write_features(path, train, test, make_meta(model, dataset, train, test))
+    return train, test
+
+
+def test_round_trip(tmp_path):
+    path = feature_path(str(tmp_path), "org/model", "d")
+    assert path.endswith(os.path.join("org", "model_d.pt"))  # a '/' in the name makes a sub-folder
+    train, test = write(path, model="org/model")
+    cache = read_features(path, "org/model", "d", 6, 4)
+    assert torch.equal(cache["train"], train) and torch.equal(cache["test"], test)
+    assert cache["meta"]["dim"] == 3 and cache["meta"]["n_train"] == 6
+    assert torch.load(path, weights_only=True)["meta"]["model"] == "org/model"
+
+
+def test_crash_during_write_keeps_old_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "m_d.pt")
+    train, _ = write(path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        write(path)
+    monkeypatch.undo()
+    assert torch.equal(read_features(path, "m", "d")["train"], train)
+    assert os.listdir(tmp_path) == ["m_d.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(model="other"), "holds features of model 'm', not 'other'"),
+    (dict(dataset="other"), "holds features of dataset 'd', not 'other'"),
+    (dict(n_train=7), "has 6 train rows but dataset d has 7"),
+    (dict(n_test=5), "has 4 test rows"),
+])
+def test_mismatch_is_a_clear_error(tmp_path, kwargs, message):
+    path = str(tmp_path / "m_d.pt")
+    write(path)
+    args = dict(model="m", dataset="d", n_train=6, n_test=4) | kwargs
+    with pytest.raises(UserError, match=message) as e:
+        read_features(path, **args)
+    assert "save_features.py --model_class=" in str(e.value)
+
+
+def test_missing_file_names_the_command(tmp_path):
+    with pytest.raises(UserError, match=r"python save_features.py --model_class=m --dataset=d"):
+        read_features(str(tmp_path / "m_d.pt"), "m", "d", features_dir=str(tmp_path))
+
+
+def test_truncated_file_is_refused(tmp_path):
+    path = str(tmp_path / "m_d.pt")
+    write(path)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(UserError, match="not a readable feature file"):
+        read_features(path, "m", "d")
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+def test_pickle_with_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = str(tmp_path / "m_d.pt")
+    torch.save({"train": torch.zeros(1, 1), "test": torch.zeros(1, 1), "meta": Evil()}, path, pickle_protocol=2)
+    with pytest.raises(UserError, match="not a readable feature file"):
+        read_features(path, "m", "d")
+    assert not os.path.exists(tmp_path / "pwned.txt")
+
+
+def test_nan_features_are_refused(tmp_path):
+    path = str(tmp_path / "m_d.pt")
+    train, test = torch.randn(6, 3), torch.randn(4, 3)
+    train[2, 1] = float("nan")
+    write_features(path, train, test, make_meta("m", "d", train, test))
+    with pytest.raises(UserError, match="NaN or inf train features"):
+        read_features(path, "m", "d")
