@@ -142,6 +142,67 @@ def evaluate(model, inputs, labels, cfg, device, precision):
     return correct.item() / len(labels)
 
 
+class Trainer:
+    """One downstream model, its method and optimizer, with every input already on the device.
+
+    `step(idx, width)` is the whole per-step work of a run; benchmarks time exactly this.
+    """
+
+    def __init__(self, cfg, task, train_idx, eval_split, teacher_train, device, precision):
+        method_cls = get_method(cfg.method)
+        model, spec = create_classifier(cfg.model_class, task.num_classes, pretrained=bool(cfg.init_model))
+        if spec.modality != task.modality:
+            raise UserError(f"model {cfg.model_class} takes {spec.modality} but dataset {task.name} is {task.modality}")
+        teacher_dims = [t.shape[1] for t in teacher_train]
+        self.cfg, self.device, self.precision = cfg, device, precision
+        self.model = model.to(device)
+        if device.type == "cuda" and spec.modality == "image":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.method = method_cls(model.head.in_features, teacher_dims, cfg).to(device)
+        self.psi = torch.cat([t[train_idx] for t in teacher_train], 1).to(device) if teacher_train else None
+
+        # Preprocess once; only the rows trained on are kept.
+        image_size = cfg.image_size or None
+        self.train_inputs = spec.make_inputs(task.train.subset(train_idx).inputs, task, image_size).to(device)
+        self.train_labels = task.train.labels[train_idx].to(device)
+        self.eval_inputs = spec.make_inputs(eval_split.inputs, task, image_size).to(device)
+        self.eval_labels = eval_split.labels.to(device)
+        self.augment = cfg.method == "init" and not cfg.no_augment and task.modality == "image"
+
+        self.steps = cfg.steps * (4 if task.name in STEP_MULTIPLIED else 1)
+        self.optimizer = make_optimizer(cfg, self.model, self.method, device)
+        self.scheduler = cosine_schedule(self.optimizer, self.steps)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.model.train()
+
+    def step(self, idx, width=None):
+        """One optimisation step on the train rows `idx` (a device tensor); returns (loss, ce, reg),
+        still on the device."""
+        with autocast(self.device, self.precision):
+            logits, phi = self.forward(self.train_inputs.batch(idx, width, self.augment))
+        ce = F.cross_entropy(logits.float(), self.train_labels[idx])
+        reg = self.method(phi.float(), self.psi[idx] if self.psi is not None else None)
+        loss = ce + self.cfg.prec * reg
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach(), ce.detach(), reg.detach()
+
+    def evaluate(self):
+        return evaluate(self.model, self.eval_inputs, self.eval_labels, self.cfg, self.device, self.precision)
+
+    def state_dict(self):
+        return dict(model=self.model.state_dict(), method=self.method.state_dict(),
+                    optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict())
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
 def run(cfg):
     """Train, evaluate every `eval_steps`, write the results JSON; returns the results dict."""
     check_config(cfg)
@@ -153,46 +214,19 @@ def run(cfg):
     started = time.time()
 
     task = load_task(cfg.dataset, cfg.data_dir or None)
-    steps = cfg.steps * (4 if cfg.dataset in STEP_MULTIPLIED else 1)
     train_idx, val_idx = train_eval_indices(len(task.train), cfg.train_frac, cfg.use_val)
     eval_split = task.train.subset(val_idx) if cfg.use_val else task.test
-
-    method_cls = get_method(cfg.method)
-    teacher_dims, psi = [], None
-    if method_cls.uses_teacher:
-        caches = load_teacher_features(cfg, task, device)
-        teacher_dims = [c["train"].shape[1] for c in caches]
-        psi = torch.cat([c["train"][train_idx] for c in caches], 1).to(device)
-
-    model, spec = create_classifier(cfg.model_class, task.num_classes, pretrained=bool(cfg.init_model))
-    if spec.modality != task.modality:
-        raise UserError(f"model {cfg.model_class} takes {spec.modality} but dataset {task.name} is {task.modality}")
-    student_dim = model.head.in_features
-    method = method_cls(student_dim, teacher_dims, cfg)
-    model, method = model.to(device), method.to(device)
-    if device.type == "cuda" and spec.modality == "image":
-        model = model.to(memory_format=torch.channels_last)
-
-    # Preprocess once: the whole train split is encoded, then the rows trained on are kept.
-    image_size = cfg.image_size or None
-    train_inputs = spec.make_inputs(task.train.subset(train_idx).inputs, task, image_size).to(device)
-    train_labels = task.train.labels[train_idx].to(device)
-    eval_inputs = spec.make_inputs(eval_split.inputs, task, image_size).to(device)
-    eval_labels = eval_split.labels.to(device)
-    augment = cfg.method == "init" and not cfg.no_augment and task.modality == "image"
-
-    optimizer = make_optimizer(cfg, model, method, device)
-    scheduler = cosine_schedule(optimizer, steps)
-    forward = torch.compile(model) if cfg.compile else model
+    teacher_train = []
+    if get_method(cfg.method).uses_teacher:
+        teacher_train = [c["train"] for c in load_teacher_features(cfg, task, device)]
+    trainer = Trainer(cfg, task, train_idx, eval_split, teacher_train, device, precision)
+    steps = trainer.steps
 
     ckpt_path = os.path.join(cfg.ckpt_dir, f"{run_name}.pt") if cfg.ckpt_dir else None
     step, evals = 0, []
     if cfg.resume and ckpt_path and os.path.exists(ckpt_path):
         state = safe_load(ckpt_path, "checkpoint")
-        model.load_state_dict(state["model"])
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        trainer.load_state_dict(state)
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"])
@@ -200,31 +234,21 @@ def run(cfg):
         print(f"resumed {run_name} from {ckpt_path} at step {step}", flush=True)
 
     wandb_run = start_wandb(cfg, run_name) if cfg.use_wandb else None
-    n_train = len(train_labels)
+    n_train = len(trainer.train_labels)
     batches_per_epoch = max(1, n_train // min(cfg.batch_size, n_train))
     sums = torch.zeros(3, device=device)  # running loss, ce, reg since the last evaluation
     first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first step with a non-finite loss
     since = step
+    split = "val" if cfg.use_val else "test"
     bar = tqdm(total=steps, initial=step, desc=run_name, leave=False, mininterval=2, file=sys.stderr)
-    model.train()
     while step < steps:
         epoch, offset = divmod(step, batches_per_epoch)
         batches = epoch_batches(n_train, cfg.batch_size, cfg.seed, epoch)[offset:]
-        widths = train_inputs.widths(batches)
-        for idx, width in zip(batches, widths):
-            idx = idx.to(device, non_blocking=True)
-            with autocast(device, precision):
-                logits, phi = forward(train_inputs.batch(idx, width, augment))
-            ce = F.cross_entropy(logits.float(), train_labels[idx])
-            reg = method(phi.float(), psi[idx] if psi is not None else None)
-            loss = ce + cfg.prec * reg
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+        for idx, width in zip(batches, trainer.train_inputs.widths(batches)):
+            losses = torch.stack(trainer.step(idx.to(device, non_blocking=True), width))
             step += 1
-            sums += torch.stack([loss.detach(), ce.detach(), reg.detach()])
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
+            sums += losses
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses[0]),
                                     torch.full_like(first_bad, step), first_bad)
             bar.update(1)
             if step % cfg.eval_steps == 0 or step == steps:
@@ -232,25 +256,23 @@ def run(cfg):
                 if bad >= 0:
                     kept = f"; the last good checkpoint is {ckpt_path}" if ckpt_path and os.path.exists(ckpt_path) else ""
                     raise UserError(f"the loss became NaN or inf at step {bad}{kept}; lower --lr or --prec")
-                acc = evaluate(model, eval_inputs, eval_labels, cfg, device, precision)
+                acc = trainer.evaluate()
                 loss_m, ce_m, reg_m = (sums / (step - since)).tolist()
-                record = dict(step=step, loss=loss_m, ce=ce_m, reg=reg_m, acc=acc)
-                evals.append(record)
+                evals.append(dict(step=step, loss=loss_m, ce=ce_m, reg=reg_m, acc=acc))
                 sums.zero_()
                 since = step
-                split = "val" if cfg.use_val else "test"
                 tqdm.write(f"step {step}/{steps} | loss {loss_m:.4f} | ce {ce_m:.4f} | reg {reg_m:.4f} | "
                            f"{split}_acc {acc:.4f} | {time.time() - started:.0f}s")
                 if wandb_run is not None:
                     wandb_run.log({"loss": loss_m, "ce": ce_m, "reg": reg_m, f"{split}_acc": acc}, step=step)
                 if ckpt_path:
-                    save_checkpoint(ckpt_path, model, method, optimizer, scheduler, step, evals, device)
+                    save_checkpoint(ckpt_path, trainer, step, evals, device)
             if step >= steps:
                 break
     bar.close()
 
-    results = dict(run_name=run_name, config=asdict(cfg), steps=steps, eval_split="val" if cfg.use_val else "test",
-                   n_train=n_train, n_eval=len(eval_labels), evals=evals, final_acc=evals[-1]["acc"],
+    results = dict(run_name=run_name, config=asdict(cfg), steps=steps, eval_split=split,
+                   n_train=n_train, n_eval=len(trainer.eval_labels), evals=evals, final_acc=evals[-1]["acc"],
                    device=device.type, precision=precision, seconds=round(time.time() - started, 1))
     write_json(os.path.join(cfg.out_dir, f"{run_name}.json"), results)
     if wandb_run is not None:
@@ -259,9 +281,8 @@ def run(cfg):
     return results
 
 
-def save_checkpoint(path, model, method, optimizer, scheduler, step, evals, device):
-    state = dict(model=model.state_dict(), method=method.state_dict(), optimizer=optimizer.state_dict(),
-                 scheduler=scheduler.state_dict(), step=step, evals=json.dumps(evals), rng_cpu=torch.get_rng_state())
+def save_checkpoint(path, trainer, step, evals, device):
+    state = dict(trainer.state_dict(), step=step, evals=json.dumps(evals), rng_cpu=torch.get_rng_state())
     if device.type == "cuda":
         state["rng_cuda"] = torch.cuda.get_rng_state()
     atomic_save(state, path)
