@@ -1,8 +1,12 @@
 """Datasets by name (SPEC 6): each loader returns the canonical train and test splits.
 
-A loader returns raw inputs (a list of strings, or a uint8 image tensor N x C x H x W) and int64
-labels, row i being example i of the canonical split order: the feature cache relies on that
-order. Tokenising and resizing belong to the model (aft.inputs), not to the dataset.
+A loader returns raw inputs (a list of strings, a uint8 image tensor N x C x H x W with square
+images, or an aft.inputs.ImageText of pictures + texts) and int64 labels, row i being example i of
+the canonical split order: the feature cache relies on that order. Tokenising and resizing to a
+model's size belong to the model (aft.inputs), not to the dataset.
+
+This module holds the registry and the embedded offline datasets; the paper's datasets (torchvision,
+Hugging Face, SNLI-VE) are in aft.paper_datasets, registered here on import.
 """
 import gzip
 import hashlib
@@ -35,7 +39,7 @@ class Split:
 @dataclass
 class Task:
     name: str
-    modality: str  # "text" or "image"
+    modality: str  # "text", "image", or "image_text" (snli-ve: a picture and a hypothesis)
     num_classes: int
     train: Split
     test: Split
@@ -151,3 +155,6 @@ def tweets(data_dir):
     tr, te = (~is_test).nonzero().squeeze(1), is_test.nonzero().squeeze(1)
     return Task("tweets", "text", 3, Split(texts, labels).subset(tr), Split(texts, labels).subset(te),
                 truncation_side="right", class_names=TWEET_CLASSES)
+
+
+from aft import paper_datasets  # noqa: E402,F401  (registers the paper's datasets)
