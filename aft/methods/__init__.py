@@ -23,6 +23,7 @@ def register_method(name):
 
 class Regularizer(nn.Module):
     uses_teacher = True  # False: the run needs no pre-trained features at all
+    probe = False  # True: no downstream model is trained; aft.train.run hands the run to aft.probe
 
     def __init__(self, student_dim, teacher_dims, cfg):
         super().__init__()
@@ -40,4 +41,4 @@ def get_method(name):
 
 
 # Importing the modules registers them.
-from aft.methods import stl, aft, kd  # noqa: E402,F401
+from aft.methods import stl, aft, kd, rkd, aft_rbf, aft_dense, aft_no_kernel, ft, btune, linear_probe  # noqa: E402,F401

@@ -1,0 +1,24 @@
+"""`aft_dense`: the AFT ablation with a dense learned map instead of diagonal scales: psi' = psi S,
+S (D x D) initialised N(0, 1/D), no sigmoid; R is `aft`'s kernel distance. S is always learned,
+in the scales' parameter group (lr `prior_lr`, no weight decay)."""
+import math
+
+import torch
+import torch.nn as nn
+
+from aft.methods import Regularizer, register_method
+from aft.methods.aft import kernel_distance, normalized_kernel
+
+
+@register_method("aft_dense")
+class DenseFeatureTransfer(Regularizer):
+    def __init__(self, student_dim, teacher_dims, cfg):
+        super().__init__(student_dim, teacher_dims, cfg)
+        dim = sum(teacher_dims)
+        self.mix = nn.Parameter(torch.randn(dim, dim) / math.sqrt(dim))
+
+    def param_groups(self, cfg):
+        return [{"params": [self.mix], "lr": cfg.prior_lr, "weight_decay": 0.0}]
+
+    def forward(self, student_feat, teacher_feat):
+        return kernel_distance(normalized_kernel(student_feat), normalized_kernel(teacher_feat @ self.mix))

@@ -1,0 +1,24 @@
+"""`aft_no_kernel`: the AFT ablation that compares features instead of kernels:
+R = mean((phi_c - (psi W)_c)^2), W: D -> d learned (lr `prior_lr`, no weight decay, like AFT's
+scales, as in the paper's code), _c centred over the batch. Unlike `kd` the map goes from the
+teachers to the student: phi is pulled towards a learned linear function of psi."""
+import torch.nn as nn
+
+from aft.methods import Regularizer, register_method
+
+
+def centred(x):
+    return x - x.mean(0, keepdim=True)
+
+
+@register_method("aft_no_kernel")
+class NoKernelFeatureTransfer(Regularizer):
+    def __init__(self, student_dim, teacher_dims, cfg):
+        super().__init__(student_dim, teacher_dims, cfg)
+        self.proj = nn.Linear(sum(teacher_dims), student_dim, bias=False)  # a bias cancels in the centring
+
+    def param_groups(self, cfg):
+        return [{"params": [self.proj.weight], "lr": cfg.prior_lr, "weight_decay": 0.0}]
+
+    def forward(self, student_feat, teacher_feat):
+        return (centred(student_feat) - centred(self.proj(teacher_feat))).pow(2).mean()

@@ -1,0 +1,88 @@
+"""`btune`: B-Tuning (You et al., 2021, arXiv 2110.10545), as in the AFT paper's code.
+
+LogME (logme.py) fits a Bayesian linear model from each pre-trained model's train features to the
+labels: its evidence per sample is the score l_i, its posterior mean the weights M_i (C x D_i). The
+downstream model's own pre-trained features ({model_class}_{dataset}.pt) give M_s (C x d). The
+student's features, read through M_s, are pulled towards the teachers' LogME predictions weighted
+by pi = softmax(l / 0.1): R = mean((phi M_s^T - sum_i pi_i psi_i M_i^T)^2). Everything but phi is
+fixed, so the teachers' side is one (C x D) matrix, sum_i pi_i M_i laid side by side.
+"""
+import os
+
+import torch
+
+from aft.errors import UserError
+from aft.features import feature_path, read_features, save_features_command
+from aft.methods import Regularizer, register_method
+
+TEMPERATURE = 0.1
+
+
+def logme_keys(train_frac):
+    """The keys logme.py writes: computed on the fixed train_frac subsample when train_frac != 1."""
+    suffix = "" if train_frac == 1 else f"_train_frac={train_frac}"
+    return f"logme_score{suffix}", f"logme_weights{suffix}"
+
+
+def logme_command(model, cfg):
+    cmd = f"python logme.py --model_class={model} --dataset={cfg.dataset}"
+    if cfg.train_frac != 1:
+        cmd += f" --train_frac={cfg.train_frac}"
+    if cfg.features_dir != "./features":
+        cmd += f" --features_dir={cfg.features_dir}"
+    return cmd
+
+
+def read_logme(model, cfg):
+    """(score, weights C x D) of `model`'s cached features of cfg.dataset; a UserError naming the
+    command to run when the file or its LogME keys are missing."""
+    path = feature_path(cfg.features_dir, model, cfg.dataset)
+    if not os.path.exists(path):
+        raise UserError(f"B-Tuning needs {path}; create it with: "
+                        f"{save_features_command(model, cfg.dataset, cfg.features_dir)}, "
+                        f"then run: {logme_command(model, cfg)}")
+    cache = read_features(path, model, cfg.dataset, features_dir=cfg.features_dir)
+    score_key, weights_key = logme_keys(cfg.train_frac)
+    if score_key not in cache or weights_key not in cache:
+        raise UserError(f"{path} has no {score_key}/{weights_key} (B-Tuning needs LogME of "
+                        f"{model}); run: {logme_command(model, cfg)}")
+    weights = cache[weights_key].float()
+    if weights.shape[1] != cache["train"].shape[1]:
+        raise UserError(f"{path}: {weights_key} is {tuple(weights.shape)} but the features are "
+                        f"{cache['train'].shape[1]} wide; run again: {logme_command(model, cfg)}")
+    return float(cache[score_key]), weights
+
+
+@register_method("btune")
+class BTuning(Regularizer):
+    def __init__(self, student_dim, teacher_dims, cfg):
+        super().__init__(student_dim, teacher_dims, cfg)
+        names = [m for m in cfg.pretrained_models.split(",") if m]
+        if len(names) != len(teacher_dims):
+            raise UserError(f"--pretrained_models={cfg.pretrained_models} names {len(names)} models "
+                            f"but {len(teacher_dims)} feature blocks were given")
+        scores, weights = zip(*(read_logme(m, cfg) for m in names))
+        for name, w, dim in zip(names, weights, teacher_dims):
+            if w.shape[1] != dim:
+                raise UserError(f"LogME weights of {name} are {w.shape[1]} wide but its features are {dim} "
+                                f"wide; run again: {logme_command(name, cfg)}")
+        _, own = read_logme(cfg.model_class, cfg)
+        own_path = feature_path(cfg.features_dir, cfg.model_class, cfg.dataset)
+        if own.shape[1] != student_dim:
+            raise UserError(
+                f"B-Tuning reads the downstream model's features through the LogME weights of its own "
+                f"pre-trained features, {own_path}, which are {own.shape[1]} wide, but {cfg.model_class}'s "
+                f"features (the input of its head) are {student_dim} wide; that file must hold the features "
+                f"of --model_class={cfg.model_class} itself: {save_features_command(cfg.model_class, cfg.dataset, cfg.features_dir)}")
+        if any(w.shape[0] != own.shape[0] for w in weights):
+            raise UserError(f"the LogME weights disagree on the number of classes "
+                            f"({own.shape[0]} for {cfg.model_class}, {[w.shape[0] for w in weights]} for "
+                            f"{', '.join(names)}); run logme.py again on each file")
+        pi = torch.softmax(torch.tensor(scores, dtype=torch.float64) / TEMPERATURE, 0)
+        self.register_buffer("pi", pi.float())
+        self.register_buffer("student_weights", own)  # M_s (C x d)
+        self.register_buffer("teacher_weights", torch.cat([p * w for p, w in zip(pi.float(), weights)], 1))  # (C x D)
+
+    def forward(self, student_feat, teacher_feat):
+        target = teacher_feat @ self.teacher_weights.T  # sum_i pi_i psi_i M_i^T, fixed
+        return (student_feat @ self.student_weights.T - target).pow(2).mean()

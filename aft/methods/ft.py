@@ -1,0 +1,134 @@
+"""`ft`: factor transfer (Kim, Park and Kwak, NeurIPS 2018), on cached feature vectors.
+
+A "paraphraser" autoencoder compresses the (concatenated) teacher features into a factor of half
+their width; it is trained once, offline, on the cached train features of the rows the run trains
+on (reconstruction MSE, early stopping on a fixed 10% of them, as the AFT paper's train_ae.py but
+without looking at the test split), and cached beside the features as
+{features_dir}/{models}_{dataset}.ft.pt ({models} joined by '+'; a suffix names a train_frac or
+use_val subset). A cache is reused when its key (models, dataset, rows, sizes, a checksum of the
+features) matches, else trained again. During the run the encoder is frozen; the student learns a
+"translator" MLP from phi to the factor space, and R = mean |T(phi)/||T(phi)|| - E(psi)/||E(psi)|||
+(L1 between the L2-normalised factors).
+"""
+import copy
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from aft.datasets import train_eval_indices
+from aft.errors import UserError
+from aft.features import atomic_save, feature_path, read_features, safe_load
+from aft.methods import Regularizer, register_method
+from aft.runtime import resolve_device
+
+AE_SEED = 0  # the autoencoder is shared by every run (seed) that trains on the same rows
+AE_BATCH, AE_LR, AE_HOLDOUT = 1024, 3e-4, 0.1
+# Early stopping: at most AE_MAX_ROUNDS rounds; stop after AE_PATIENCE rounds without a relative gain
+# of AE_MIN_GAIN in the held-out MSE.
+AE_MAX_ROUNDS, AE_MIN_ROUND_STEPS, AE_PATIENCE, AE_MIN_GAIN = 500, 50, 10, 1e-2
+CACHE_VERSION = 1
+
+
+def encoder_net(dim, factor_dim):
+    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, factor_dim), nn.ReLU(),
+                         nn.Linear(factor_dim, factor_dim), nn.ReLU())
+
+
+def decoder_net(dim, factor_dim):
+    return nn.Sequential(nn.Linear(factor_dim, factor_dim), nn.ReLU(), nn.Linear(factor_dim, dim), nn.ReLU(),
+                         nn.Linear(dim, dim))
+
+
+def train_autoencoder(x, factor_dim, device):
+    """Encoder and decoder fitted to reconstruct the rows of x (MSE), Adam, early stopping on a fixed
+    hold-out; returns the best encoder (CPU) and its hold-out MSE. The global RNG is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(AE_SEED)
+        encoder, decoder = encoder_net(x.shape[1], factor_dim), decoder_net(x.shape[1], factor_dim)
+    g = torch.Generator().manual_seed(AE_SEED)
+    perm = torch.randperm(len(x), generator=g)
+    n_hold = max(1, int(AE_HOLDOUT * len(x))) if len(x) > 1 else 0
+    hold, fit = x[perm[:n_hold]].to(device), x[perm[n_hold:]].to(device)
+    hold = hold if n_hold else fit
+    encoder, decoder = encoder.to(device), decoder.to(device)
+    params = list(encoder.parameters()) + list(decoder.parameters())
+    optimizer = torch.optim.Adam(params, lr=AE_LR)
+    best, best_state, patience = float("inf"), None, AE_PATIENCE
+    # A round is an epoch, or enough epochs for AE_MIN_ROUND_STEPS steps when the rows are few.
+    per_epoch = -(-len(fit) // AE_BATCH)
+    for _ in range(AE_MAX_ROUNDS):
+        for _ in range(-(-AE_MIN_ROUND_STEPS // per_epoch)):
+            for idx in torch.randperm(len(fit), generator=g).split(AE_BATCH):
+                batch = fit[idx.to(device)]
+                loss = F.mse_loss(decoder(encoder(batch)), batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        with torch.no_grad():
+            held = sum(F.mse_loss(decoder(encoder(b)), b, reduction="sum") for b in hold.split(AE_BATCH)).item()
+        held /= hold.numel()
+        patience = AE_PATIENCE if held < best * (1 - AE_MIN_GAIN) else patience - 1
+        if held < best:
+            best, best_state = held, copy.deepcopy(encoder.state_dict())
+        if patience == 0:
+            break
+    encoder.load_state_dict(best_state)
+    return encoder.cpu(), best
+
+
+def teacher_rows(cfg):
+    """The concatenated cached train features of the rows the run trains on, and what identifies them."""
+    names = [m for m in cfg.pretrained_models.split(",") if m]
+    caches = [read_features(feature_path(cfg.features_dir, m, cfg.dataset), m, cfg.dataset,
+                            features_dir=cfg.features_dir) for m in names]
+    rows, _ = train_eval_indices(caches[0]["train"].shape[0], cfg.train_frac, cfg.use_val)
+    x = torch.cat([c["train"][rows] for c in caches], 1).float()
+    xd = x.double()
+    fingerprint = [xd.sum().item(), xd.pow(2).sum().item(), (xd.sum(1) * torch.arange(1, len(xd) + 1)).sum().item()]
+    key = dict(version=CACHE_VERSION, models=names, dataset=cfg.dataset, dims=[c["train"].shape[1] for c in caches],
+               n_train=caches[0]["train"].shape[0], train_frac=float(cfg.train_frac), use_val=bool(cfg.use_val),
+               fingerprint=fingerprint)
+    return x, key
+
+
+def cache_path(cfg):
+    names = [m for m in cfg.pretrained_models.split(",") if m]
+    suffix = ("" if cfg.train_frac == 1 else f"_train_frac={cfg.train_frac}") + ("_val" if cfg.use_val else "")
+    return feature_path(cfg.features_dir, "+".join(names), cfg.dataset)[: -len(".pt")] + f".ft{suffix}.pt"
+
+
+@register_method("ft")
+class FactorTransfer(Regularizer):
+    def __init__(self, student_dim, teacher_dims, cfg):
+        super().__init__(student_dim, teacher_dims, cfg)
+        dim = sum(teacher_dims)
+        factor_dim = max(1, dim // 2)  # the paper's paraphraser rate k = 0.5
+        self.translator = nn.Sequential(nn.Linear(student_dim, factor_dim), nn.ReLU(),
+                                        nn.Linear(factor_dim, factor_dim))
+        self.encoder = encoder_net(dim, factor_dim).requires_grad_(False)
+        self.encoder.load_state_dict(self.paraphraser(cfg, dim, factor_dim))
+
+    def paraphraser(self, cfg, dim, factor_dim):
+        x, key = teacher_rows(cfg)
+        if x.shape[1] != dim:
+            raise UserError(f"ft: the cached features are {x.shape[1]} wide, the run's teacher features {dim}")
+        key["factor_dim"] = factor_dim
+        path = cache_path(cfg)
+        if os.path.exists(path):
+            cached = safe_load(path, "factor-transfer autoencoder")
+            if isinstance(cached, dict) and cached.get("key") == key:
+                return cached["encoder"]
+            print(f"ft: {path} was made from other features or rows: training it again", flush=True)
+        print(f"ft: training the teacher autoencoder ({dim} -> {factor_dim}) on {len(x)} train rows", flush=True)
+        encoder, mse = train_autoencoder(x, factor_dim, resolve_device(cfg.device))
+        state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
+        atomic_save(dict(key=key, encoder=state, heldout_mse=mse), path)
+        print(f"ft: saved {path} (held-out reconstruction MSE {mse:.4g})", flush=True)
+        return state
+
+    def forward(self, student_feat, teacher_feat):
+        with torch.no_grad():
+            factor = F.normalize(self.encoder(teacher_feat), dim=1)
+        return (F.normalize(self.translator(student_feat), dim=1) - factor).abs().mean()

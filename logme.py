@@ -1,0 +1,54 @@
+"""Score a cached feature file with LogME and store the score and weights in it (B-Tuning, SPEC 4).
+
+    python logme.py --model_class=vit_small_patch16_224.augreg_in1k --dataset=cifar10
+    python logme.py --model_class=efficientnet_lite2 --dataset=digits --train_frac=0.1
+
+Reads {features_dir}/{model_class}_{dataset}.pt, fits LogME of its train features against the
+dataset's train labels (on the fixed train_frac subsample run.py trains on when --train_frac < 1,
+stored under keys suffixed _train_frac={f}) and writes logme_score and logme_weights (C x D) into
+the same file, atomically. run.py --method=btune reads them.
+"""
+from absl import app, flags
+
+from aft.datasets import load_task, train_eval_indices
+from aft.errors import UserError, main_guard
+from aft.features import atomic_save, feature_path, read_features
+from aft.logme import logme
+from aft.methods.btune import logme_keys
+from aft.runtime import resolve_device
+
+flags.DEFINE_string("model_class", "all-MiniLM-L6-v2", "the model whose cached features are scored")
+flags.DEFINE_string("dataset", "tweets", "dataset name")
+flags.DEFINE_float("train_frac", 1.0, "score the fixed subsample of the train split that run.py --train_frac uses")
+flags.DEFINE_string("features_dir", "./features", "folder of the feature cache")
+flags.DEFINE_string("data_dir", "", "folder of datasets on disk")
+flags.DEFINE_string("device", "auto", "auto, cpu, cuda, cuda:N")
+FLAGS = flags.FLAGS
+
+
+def score():
+    if not 0 < FLAGS.train_frac <= 1:
+        raise UserError(f"--train_frac={FLAGS.train_frac} must be in (0, 1]")
+    task = load_task(FLAGS.dataset, FLAGS.data_dir or None)
+    path = feature_path(FLAGS.features_dir, FLAGS.model_class, FLAGS.dataset)
+    cache = read_features(path, FLAGS.model_class, FLAGS.dataset, len(task.train), len(task.test), FLAGS.features_dir)
+    features, labels = cache["train"], task.train.labels
+    if FLAGS.train_frac != 1:
+        rows, _ = train_eval_indices(len(labels), FLAGS.train_frac, use_val=False)
+        features, labels = features[rows], labels[rows]
+    device = resolve_device(FLAGS.device)
+    value, weights = logme(features.to(device), labels.to(device), num_classes=task.num_classes)
+    score_key, weights_key = logme_keys(FLAGS.train_frac)
+    cache[score_key], cache[weights_key] = float(value), weights.float().cpu().contiguous()
+    atomic_save(cache, path)
+    print(f"LogME of {FLAGS.model_class} on {FLAGS.dataset} ({len(labels)} train rows): {value:.4f}; "
+          f"saved {score_key}, {weights_key} {tuple(weights.shape)} in {path}")
+
+
+def main(argv):
+    del argv
+    main_guard(score)
+
+
+if __name__ == "__main__":
+    app.run(main)

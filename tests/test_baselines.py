@@ -1,0 +1,385 @@
+"""The baselines of SPEC 3 (rkd, the AFT ablations, ft, btune, linear_probe) and logme.py: each
+regulariser against an independent float64 numpy computation of its formula, where gradients flow,
+the files btune and ft read and write, and the scripts end to end."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aft.errors import UserError
+from aft.features import atomic_save, feature_path, make_meta, write_features
+from aft.methods import get_method
+from tests.test_cli import cli
+
+NUM_CLASSES = 3
+
+
+def write_cache(features_dir, model, dataset, train, test, **extra):
+    """A feature cache as save_features.py writes it, plus extra keys (LogME's)."""
+    cache = {"train": train, "test": test, "meta": make_meta(model, dataset, train, test)}
+    cache.update(extra)
+    atomic_save(cache, feature_path(str(features_dir), model, dataset))
+
+
+def prepare_feature_files(features_dir, cfg, student_dim, teacher_dims, n_train=40, seed=0):
+    """Random feature files, with LogME keys, of one teacher per entry of teacher_dims (t0, t1, ...)
+    and of the downstream model itself; points cfg at them. Enough for every method to be built."""
+    g = torch.Generator().manual_seed(seed)
+    names = [f"t{i}" for i in range(len(teacher_dims))]
+    cfg.features_dir, cfg.dataset, cfg.model_class, cfg.pretrained_models = str(features_dir), "d", "s", ",".join(names)
+    for name, dim in zip(names + ["s"], list(teacher_dims) + [student_dim]):
+        write_cache(features_dir, name, "d", torch.randn(n_train, dim, generator=g), torch.randn(5, dim, generator=g),
+                    logme_score=float(torch.randn((), generator=g)),
+                    logme_weights=torch.randn(NUM_CLASSES, dim, generator=g))
+    return names
+
+
+# ---- rkd ------------------------------------------------------------------------------------
+
+def smooth_l1(a, b):
+    z = np.abs(a - b)
+    return np.where(z < 1, 0.5 * z ** 2, z - 0.5).mean()
+
+
+def rkd_relations(x):
+    """Distances over their mean positive entry; cosine of the angle at x_j of every triplet, by loops."""
+    b = len(x)
+    d = np.array([[np.linalg.norm(x[i] - x[j]) for j in range(b)] for i in range(b)])
+    d = d / d[d > 0].mean()
+    cos = np.zeros((b, b, b))
+    for i in range(b):
+        for j in range(b):
+            for k in range(b):
+                u, v = x[i] - x[j], x[k] - x[j]
+                if np.linalg.norm(u) > 0 and np.linalg.norm(v) > 0:
+                    cos[i, j, k] = u @ v / (np.linalg.norm(u) * np.linalg.norm(v))
+    return d, cos
+
+
+def rkd_reference(phi, psi):
+    (ds, cs), (dt, ct) = rkd_relations(phi), rkd_relations(psi)
+    return (smooth_l1(ds, dt) + 2 * smooth_l1(cs, ct)) / 2
+
+
+def test_rkd_matches_reference(cfg):
+    rng = np.random.default_rng(0)
+    phi, psi = rng.normal(size=(9, 5)) * 3 + 10, rng.normal(size=(9, 7))  # offset: checks the centring
+    reg = get_method("rkd")(5, [3, 4], cfg)
+    got = reg(torch.tensor(phi, dtype=torch.float32), torch.tensor(psi, dtype=torch.float32)).item()
+    assert got == pytest.approx(rkd_reference(phi, psi), rel=1e-5)
+    # the teachers' relations copied exactly: no loss (a scaled, rotated, shifted copy has the same ones)
+    q = np.linalg.qr(rng.normal(size=(7, 7)))[0]
+    assert reg(torch.tensor(psi), torch.tensor(2.5 * psi @ q + 1)).item() == pytest.approx(0, abs=1e-12)
+
+
+def test_rkd_duplicate_rows_and_gradients(cfg):
+    rng = np.random.default_rng(1)
+    phi, psi = rng.normal(size=(8, 4)), rng.normal(size=(8, 6))
+    phi[5], psi[5] = phi[2], psi[2]  # duplicates: a zero distance, cosine 0 as in the reference code
+    reg = get_method("rkd")(4, [6], cfg)
+    phi_t = torch.tensor(phi, dtype=torch.float32, requires_grad=True)
+    psi_t = torch.tensor(psi, dtype=torch.float32, requires_grad=True)
+    r = reg(phi_t, psi_t)
+    assert r.item() == pytest.approx(rkd_reference(phi, psi), rel=1e-5)
+    r.backward()
+    assert torch.isfinite(phi_t.grad).all() and phi_t.grad.abs().sum() > 0
+    assert psi_t.grad is None  # the teachers' side carries no gradient
+    assert reg.param_groups(cfg) == []
+
+
+# ---- the AFT ablations ------------------------------------------------------------------------
+
+def unit_rows(a):
+    a = a - a.mean(0)
+    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-8)
+
+
+def linear_kernel(a):
+    a = unit_rows(a)
+    return np.array([[a[i] @ a[j] for j in range(len(a))] for i in range(len(a))])
+
+
+def rbf_kernel(a):
+    a = unit_rows(a)
+    return np.array([[np.exp(-np.sum((a[i] - a[j]) ** 2)) for j in range(len(a))] for i in range(len(a))])
+
+
+def kernel_distance(k1, k2):
+    return np.sqrt(((k1 - k2) ** 2).mean() + 1e-8)
+
+
+def test_aft_rbf_matches_reference(cfg):
+    rng = np.random.default_rng(2)
+    phi, psi, s = rng.normal(size=(12, 5)), rng.normal(size=(12, 8)), rng.normal(size=8)
+    reg = get_method("aft_rbf")(5, [8], cfg)
+    with torch.no_grad():
+        reg.scales.copy_(torch.from_numpy(s))
+    got = reg(torch.tensor(phi, dtype=torch.float32), torch.tensor(psi, dtype=torch.float32)).item()
+    ref = kernel_distance(rbf_kernel(phi), rbf_kernel(psi / (1 + np.exp(-s))))
+    assert got == pytest.approx(ref, rel=1e-5)
+    phi_t = torch.tensor(phi, dtype=torch.float32, requires_grad=True)
+    reg(phi_t, torch.tensor(psi, dtype=torch.float32)).backward()
+    assert phi_t.grad.abs().sum() > 0 and reg.scales.grad.abs().sum() > 0
+    group, = reg.param_groups(cfg)
+    assert group["lr"] == cfg.prior_lr and group["weight_decay"] == 0
+
+
+def test_aft_dense_matches_reference(cfg):
+    torch.manual_seed(0)
+    reg = get_method("aft_dense")(5, [30, 34], cfg)
+    s = reg.mix.detach().double().numpy()
+    assert s.shape == (64, 64) and abs(s.mean()) < 0.01 and s.var() == pytest.approx(1 / 64, rel=0.1)  # N(0, 1/D)
+    rng = np.random.default_rng(3)
+    phi, psi = rng.normal(size=(10, 5)), rng.normal(size=(10, 64))
+    got = reg(torch.tensor(phi, dtype=torch.float32), torch.tensor(psi, dtype=torch.float32)).item()
+    assert got == pytest.approx(kernel_distance(linear_kernel(phi), linear_kernel(psi @ s)), rel=1e-5)
+    phi_t = torch.tensor(phi, dtype=torch.float32, requires_grad=True)
+    reg(phi_t, torch.tensor(psi, dtype=torch.float32)).backward()
+    assert phi_t.grad.abs().sum() > 0 and reg.mix.grad.abs().sum() > 0
+    group, = reg.param_groups(cfg)
+    assert group["params"] == [reg.mix] and group["lr"] == cfg.prior_lr and group["weight_decay"] == 0
+
+
+def test_aft_no_kernel_matches_reference(cfg):
+    torch.manual_seed(0)
+    reg = get_method("aft_no_kernel")(5, [3, 4], cfg)
+    w = reg.proj.weight.detach().double().numpy()  # (d, D)
+    rng = np.random.default_rng(4)
+    phi, psi = rng.normal(size=(10, 5)) + 3, rng.normal(size=(10, 7)) - 2
+    target = psi @ w.T
+    ref = (((phi - phi.mean(0)) - (target - target.mean(0))) ** 2).mean()
+    got = reg(torch.tensor(phi, dtype=torch.float32), torch.tensor(psi, dtype=torch.float32)).item()
+    assert got == pytest.approx(ref, rel=1e-5)
+    phi_t = torch.tensor(phi, dtype=torch.float32, requires_grad=True)
+    reg(phi_t, torch.tensor(psi, dtype=torch.float32)).backward()
+    assert phi_t.grad.abs().sum() > 0 and reg.proj.weight.grad.abs().sum() > 0
+    group, = reg.param_groups(cfg)
+    assert group["lr"] == cfg.prior_lr and group["weight_decay"] == 0
+
+
+# ---- btune ------------------------------------------------------------------------------------
+
+def test_btune_matches_reference(cfg, tmp_path):
+    prepare_feature_files(tmp_path, cfg, 6, [4, 5])
+    reg = get_method("btune")(6, [4, 5], cfg)
+    files = {m: torch.load(feature_path(str(tmp_path), m, "d"), weights_only=True) for m in ["t0", "t1", "s"]}
+    scores = np.array([files[m]["logme_score"] for m in ["t0", "t1"]])
+    pi = np.exp(scores / 0.1 - (scores / 0.1).max())
+    pi /= pi.sum()
+    rng = np.random.default_rng(5)
+    phi, psi = rng.normal(size=(7, 6)), rng.normal(size=(7, 9))
+    m = {k: v["logme_weights"].double().numpy() for k, v in files.items()}
+    target = pi[0] * psi[:, :4] @ m["t0"].T + pi[1] * psi[:, 4:] @ m["t1"].T
+    ref = ((phi @ m["s"].T - target) ** 2).mean()
+    phi_t = torch.tensor(phi, dtype=torch.float32, requires_grad=True)
+    r = reg(phi_t, torch.tensor(psi, dtype=torch.float32))
+    assert r.item() == pytest.approx(ref, rel=1e-5)
+    r.backward()
+    assert phi_t.grad.abs().sum() > 0 and reg.param_groups(cfg) == []  # nothing of its own is learned
+
+
+def test_btune_reads_train_frac_keys(cfg, tmp_path):
+    prepare_feature_files(tmp_path, cfg, 6, [4])
+    cfg.train_frac = 0.5
+    with pytest.raises(UserError, match=r"no logme_score_train_frac=0\.5/logme_weights_train_frac=0\.5 .*"
+                                        r"run: python logme\.py --model_class=t0 --dataset=d --train_frac=0\.5 "
+                                        r"--features_dir=" + re.escape(str(tmp_path))):
+        get_method("btune")(6, [4], cfg)
+    for m, dim in [("t0", 4), ("s", 6)]:
+        path = feature_path(str(tmp_path), m, "d")
+        cache = torch.load(path, weights_only=True)
+        cache.update({"logme_score_train_frac=0.5": 1.0, "logme_weights_train_frac=0.5": torch.ones(NUM_CLASSES, dim)})
+        atomic_save(cache, path)
+    reg = get_method("btune")(6, [4], cfg)
+    assert torch.equal(reg.student_weights, torch.ones(NUM_CLASSES, 6))
+
+
+def test_btune_missing_files_and_keys_name_the_command(cfg, tmp_path):
+    prepare_feature_files(tmp_path, cfg, 6, [4, 5])
+    d = str(tmp_path)
+    os.remove(feature_path(d, "t1", "d"))
+    with pytest.raises(UserError, match=rf"create it with: python save_features\.py --model_class=t1 --dataset=d "
+                                        rf"--save_path={re.escape(d)}/t1_d\.pt, then run: python logme\.py --model_class=t1"):
+        get_method("btune")(6, [4, 5], cfg)
+    prepare_feature_files(tmp_path, cfg, 6, [4, 5])
+    path = feature_path(d, "t0", "d")
+    cache = torch.load(path, weights_only=True)
+    del cache["logme_weights"]
+    atomic_save(cache, path)
+    with pytest.raises(UserError, match=rf"{re.escape(d)}/t0_d\.pt has no logme_score/logme_weights .*"
+                                        rf"run: python logme\.py --model_class=t0 --dataset=d --features_dir={re.escape(d)}$"):
+        get_method("btune")(6, [4, 5], cfg)
+    prepare_feature_files(tmp_path, cfg, 6, [4, 5])
+    os.remove(feature_path(d, "s", "d"))  # the downstream model's own features
+    with pytest.raises(UserError, match=r"python save_features\.py --model_class=s --dataset=d"):
+        get_method("btune")(6, [4, 5], cfg)
+
+
+def test_btune_own_features_must_match_the_student(cfg, tmp_path):
+    prepare_feature_files(tmp_path, cfg, 6, [4])
+    with pytest.raises(UserError, match=r"s_d\.pt, which are 6 wide, but s's features \(the input of its head\) "
+                                        r"are 8 wide"):
+        get_method("btune")(8, [4], cfg)
+
+
+# ---- ft ---------------------------------------------------------------------------------------
+
+def mlp(layers, x, relu_last):
+    """The Linear/ReLU stack of an nn.Sequential, in numpy."""
+    linears = [m for m in layers if isinstance(m, torch.nn.Linear)]
+    for i, lin in enumerate(linears):
+        x = x @ lin.weight.detach().double().numpy().T + lin.bias.detach().double().numpy()
+        if i < len(linears) - 1 or relu_last:
+            x = np.maximum(x, 0)
+    return x
+
+
+def test_ft_matches_reference_and_caches_its_autoencoder(cfg, tmp_path, monkeypatch, capsys):
+    from aft.methods import ft
+    prepare_feature_files(tmp_path, cfg, 6, [4, 6])
+    reg = get_method("ft")(6, [4, 6], cfg)
+    path = tmp_path / "t0+t1_d.ft.pt"
+    assert "ft: training the teacher autoencoder (10 -> 5) on 40 train rows" in capsys.readouterr().out
+    saved = torch.load(path, weights_only=True)
+    assert saved["key"]["models"] == ["t0", "t1"] and saved["heldout_mse"] > 0
+
+    rng = np.random.default_rng(6)
+    phi, psi = rng.normal(size=(8, 6)), rng.normal(size=(8, 10))
+    fs, ft_ = mlp(reg.translator, phi, relu_last=False), mlp(reg.encoder, psi, relu_last=True)
+    fs = fs / np.linalg.norm(fs, axis=1, keepdims=True)
+    ft_ = ft_ / np.maximum(np.linalg.norm(ft_, axis=1, keepdims=True), 1e-12)
+    phi_t, psi_t = (torch.tensor(a, dtype=torch.float32, requires_grad=True) for a in (phi, psi))
+    r = reg(phi_t, psi_t)
+    assert r.item() == pytest.approx(np.abs(fs - ft_).mean(), rel=1e-5)
+    r.backward()
+    assert phi_t.grad.abs().sum() > 0 and psi_t.grad is None
+    assert all(p.grad is None for p in reg.encoder.parameters())  # frozen
+    group, = reg.param_groups(cfg)
+    assert {id(p) for p in group["params"]} == {id(p) for p in reg.translator.parameters()}
+
+    # reused when it matches, whatever the run's seed
+    monkeypatch.setattr(ft, "train_autoencoder", lambda *a: pytest.fail("the cached autoencoder was not reused"))
+    torch.manual_seed(123)
+    again = get_method("ft")(6, [4, 6], cfg)
+    assert all(torch.equal(a, b) for a, b in zip(again.encoder.state_dict().values(), reg.encoder.state_dict().values()))
+    monkeypatch.undo()
+
+    # other rows (train_frac, use_val) get their own file; other features retrain the file
+    cfg.train_frac, cfg.use_val = 0.5, True
+    get_method("ft")(6, [4, 6], cfg)
+    assert (tmp_path / "t0+t1_d.ft_train_frac=0.5_val.pt").exists() and "on 18 train rows" in capsys.readouterr().out
+    cfg.train_frac, cfg.use_val = 1.0, False
+    prepare_feature_files(tmp_path, cfg, 6, [4, 6], seed=1)
+    get_method("ft")(6, [4, 6], cfg)
+    assert "was made from other features or rows: training it again" in capsys.readouterr().out
+
+
+def test_ft_autoencoder_compresses(monkeypatch):
+    from aft.methods import ft
+    monkeypatch.setattr(ft, "AE_MAX_ROUNDS", 20)  # enough to show it learns; convergence takes longer
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 2, generator=g) @ torch.randn(2, 12, generator=g)  # rank 2 in 12 dims
+    encoder, mse = ft.train_autoencoder(x, 6, torch.device("cpu"))
+    assert mse < 0.1 * x.var().item()
+    assert F.mse_loss(encoder(x), ft.train_autoencoder(x, 6, torch.device("cpu"))[0](x)) == 0  # seeded: the same every time
+
+
+# ---- linear_probe -----------------------------------------------------------------------------
+
+def test_linear_probe_learns_from_the_features_alone(cfg, tmp_path):
+    """Features that hold the label: the probe gets them right on the held-out rows, with no model."""
+    from aft.datasets import load_task
+    from aft.train import run
+    task = load_task("digits")
+    g = torch.Generator().manual_seed(0)
+    onehot = lambda y: torch.nn.functional.one_hot(y, 10).float() * 4 + torch.randn(len(y), 10, generator=g) * 0.3
+    train, test = onehot(task.train.labels), onehot(task.test.labels)
+    write_features(feature_path(str(tmp_path), "probe_teacher", "digits"), train, test,
+                   make_meta("probe_teacher", "digits", train, test))
+    cfg.features_dir, cfg.out_dir, cfg.dataset, cfg.pretrained_models = str(tmp_path), str(tmp_path / "res"), "digits", "probe_teacher"
+    cfg.model_class, cfg.method, cfg.steps, cfg.eval_steps, cfg.lr, cfg.use_val = "resnet10t", "linear_probe", 60, 30, 0.1, True
+    res = run(cfg)
+    assert res["eval_split"] == "val" and res["n_eval"] == 144 and res["n_train"] == 1293
+    assert [e["step"] for e in res["evals"]] == [30, 60] and res["final_acc"] > 0.95
+    assert json.load(open(tmp_path / "res" / f"{res['run_name']}.json"))["final_acc"] == res["final_acc"]
+
+
+# ---- logme.py and run.py end to end -------------------------------------------------------------
+
+TEACHERS = {"teacher_a": 24, "teacher_b": 16}  # random stand-ins for pre-trained models' features
+STUDENT = ("resnet10t", 512)  # the downstream model's "own pre-trained features", for btune
+IMAGE_RUN = ["--dataset=digits", "--model_class=resnet10t", "--image_size=16", "--pretrained_models=teacher_a,teacher_b",
+             "--steps=6", "--eval_steps=3", "--batch_size=32"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Feature files of digits for two teachers and the student, scored by logme.py itself."""
+    from aft.datasets import load_task
+    work = tmp_path_factory.mktemp("baselines")
+    task = load_task("digits")
+    g = torch.Generator().manual_seed(0)
+    outputs = {}
+    for model, dim in [*TEACHERS.items(), STUDENT]:
+        path = feature_path(str(work / "features"), model, "digits")
+        train, test = torch.randn(len(task.train), dim, generator=g), torch.randn(len(task.test), dim, generator=g)
+        write_features(path, train, test, make_meta(model, "digits", train, test))
+        inode = os.stat(path).st_ino
+        out = cli("logme.py", f"--model_class={model}", "--dataset=digits", cwd=work)
+        outputs[model] = (out.stdout, inode, train)
+    return work, outputs
+
+
+def test_logme_script_writes_keys_atomically_and_prints_the_score(workdir):
+    from aft.datasets import load_task
+    from aft.logme import logme
+    work, outputs = workdir
+    stdout, inode, train = outputs["teacher_a"]
+    path = feature_path(str(work / "features"), "teacher_a", "digits")
+    cache = torch.load(path, weights_only=True)
+    score, weights = logme(train, load_task("digits").train.labels, num_classes=10)
+    assert cache["logme_score"] == pytest.approx(score, rel=1e-9, abs=1e-12)
+    assert torch.allclose(cache["logme_weights"], weights) and cache["logme_weights"].shape == (10, 24)
+    assert torch.equal(cache["train"], train) and cache["meta"]["model"] == "teacher_a"  # the rest is kept
+    assert f"LogME of teacher_a on digits (1437 train rows): {score:.4f}; saved logme_score, logme_weights (10, 24) in " \
+           f"./features/teacher_a_digits.pt" in stdout
+    assert os.stat(path).st_ino != inode  # a new file renamed over the old one, not rewritten in place
+    assert not [f for f in os.listdir(work / "features") if f.startswith(".tmp")]
+
+
+def test_logme_script_train_frac_and_missing_file(workdir):
+    from aft.datasets import load_task, train_eval_indices
+    from aft.logme import logme
+    work, outputs = workdir
+    out = cli("logme.py", "--model_class=teacher_b", "--dataset=digits", "--train_frac=0.5", cwd=work)
+    cache = torch.load(feature_path(str(work / "features"), "teacher_b", "digits"), weights_only=True)
+    rows, _ = train_eval_indices(1437, 0.5, use_val=False)
+    score, _ = logme(outputs["teacher_b"][2][rows], load_task("digits").train.labels[rows], num_classes=10)
+    assert cache["logme_score_train_frac=0.5"] == pytest.approx(score, rel=1e-9, abs=1e-12)
+    assert cache["logme_weights_train_frac=0.5"].shape == (10, 16) and "logme_score" in cache  # both kept
+    assert "(718 train rows)" in out.stdout and "logme_score_train_frac=0.5" in out.stdout
+    out = cli("logme.py", "--model_class=nope", "--dataset=digits", cwd=work, check=False)
+    assert out.returncode == 2 and "python save_features.py --model_class=nope --dataset=digits" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("method", ["rkd", "aft_rbf", "aft_dense", "aft_no_kernel", "ft", "btune", "linear_probe"])
+def test_run_every_baseline(workdir, method):
+    work, _ = workdir
+    out = cli("run.py", *IMAGE_RUN, f"--method={method}", "--prec=2", "--seed=3", cwd=work)
+    name = f"digits_resnet10t_{method}_prec2_lr0.001_seed3"
+    assert "final test accuracy:" in out.stdout and name in out.stdout
+    res = json.load(open(work / "results" / f"{name}.json"))
+    assert res["config"]["method"] == method and [e["step"] for e in res["evals"]] == [3, 6]
+    assert res["eval_split"] == "test" and res["n_train"] == 1437 and res["n_eval"] == 360
+    assert res["final_acc"] == res["evals"][-1]["acc"] and 0 <= res["final_acc"] <= 1
+    if method == "linear_probe":
+        assert all(e["reg"] == 0 and e["loss"] == e["ce"] for e in res["evals"])
+    else:
+        assert all(e["reg"] > 0 for e in res["evals"])
+    if method == "ft":
+        assert (work / "features" / "teacher_a+teacher_b_digits.ft.pt").exists()
