@@ -42,6 +42,25 @@ def atomic_save(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    remove_stale_temps(folder)
+
+
+STALE_TEMP_SECONDS = 3600
+
+
+def remove_stale_temps(folder):
+    """A kill -9 mid-write leaves a `.tmp-*.pt` beside the target. Nothing ever reads one (the target
+    name is only ever made by the rename), and one unmodified for an hour is no longer being written
+    by anyone, so it is deleted here to give the disk space back."""
+    now = time.time()
+    for name in os.listdir(folder):
+        if name.startswith(".tmp-") and name.endswith(".pt"):
+            stale = os.path.join(folder, name)
+            try:
+                if now - os.path.getmtime(stale) > STALE_TEMP_SECONDS:
+                    os.remove(stale)
+            except OSError:
+                pass  # another process removed it first
 
 
 def safe_load(path, what="file"):

@@ -17,12 +17,10 @@ from tqdm import tqdm
 
 from aft.datasets import load_task, train_eval_indices
 from aft.errors import UserError
-from aft.features import atomic_save, feature_path, read_features, safe_load
+from aft.features import atomic_save, feature_path, read_features, safe_load, save_features_command
 from aft.methods import get_method
-from aft.models import create_classifier
+from aft.models import check_modality, create_classifier
 from aft.runtime import autocast, resolve_device, resolve_precision, seed_everything, speed_settings
-
-STEP_MULTIPLIED = ("mnli", "qqp", "qnli")  # the paper trains 4x longer on these
 
 
 @dataclass
@@ -35,7 +33,7 @@ class Config:
     train_frac: float = 1.0
     use_val: bool = False
     method: str = "aft"
-    prec: float = 3.0
+    prec: float = 10.0  # the demo's beta, chosen on its validation split (README)
     learn_scales: bool = True
     prior_lr: float = 1e-2
     steps: int = 1500
@@ -88,6 +86,9 @@ def check_config(cfg):
                         f"--model_class={cfg.model_class} (start from its pre-trained weights)")
     if cfg.resume and not cfg.ckpt_dir:
         raise UserError("--resume needs --ckpt_dir (where the run's checkpoint is)")
+    if not get_method(cfg.method).probe:  # a linear probe has no downstream model
+        from aft.models import resolve_model
+        resolve_model(cfg.model_class)  # an unknown name fails now, not after the dataset is loaded
 
 
 def load_teacher_features(cfg, task, device):
@@ -101,8 +102,13 @@ def load_teacher_features(cfg, task, device):
         path = feature_path(cfg.features_dir, name, task.name)
         if not os.path.exists(path):
             print(f"features {path} not found: computing them now (same as save_features.py)", flush=True)
-            extract_to_cache(name, task, path, cfg.extract_batch_size, device, cfg.precision,
-                             cfg.image_size or None)
+            try:
+                extract_to_cache(name, task, path, cfg.extract_batch_size, device, cfg.precision,
+                                 cfg.image_size or None)
+            except UserError as e:
+                raise UserError(f"missing feature file {path}, and computing it here failed: {e}; make it where "
+                                f"the model loads with: {save_features_command(name, task.name, cfg.features_dir)} "
+                                f"and copy it to {path}") from None
         caches.append(read_features(path, name, task.name, len(task.train), len(task.test), cfg.features_dir))
     return caches
 
@@ -132,9 +138,9 @@ def epoch_batches(n, batch_size, seed, epoch):
 def evaluate(model, inputs, labels, cfg, device, precision):
     model.eval()
     batches = list(torch.arange(len(labels)).split(cfg.eval_batch_size))
+    widths = inputs.widths(batches)  # host side; the indices themselves are made on the device
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for idx, width in zip(batches, inputs.widths(batches)):
-        idx = idx.to(device)
+    for idx, width in zip(torch.arange(len(labels), device=device).split(cfg.eval_batch_size), widths):
         with autocast(device, precision):
             logits, _ = model(inputs.batch(idx, width))
         correct += (logits.argmax(-1) == labels[idx]).sum()
@@ -151,12 +157,12 @@ class Trainer:
     def __init__(self, cfg, task, train_idx, eval_split, teacher_train, device, precision):
         method_cls = get_method(cfg.method)
         model, spec = create_classifier(cfg.model_class, task.num_classes, pretrained=bool(cfg.init_model))
-        if spec.modality != task.modality:
-            raise UserError(f"model {cfg.model_class} takes {spec.modality} but dataset {task.name} is {task.modality}")
+        check_modality(spec, task)
         teacher_dims = [t.shape[1] for t in teacher_train]
         self.cfg, self.device, self.precision = cfg, device, precision
         self.model = model.to(device)
-        if device.type == "cuda" and spec.modality == "image":
+        channels_last = device.type == "cuda" and spec.modality == "image"
+        if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.method = method_cls(model.head.in_features, teacher_dims, cfg).to(device)
         self.psi = torch.cat([t[train_idx] for t in teacher_train], 1).to(device) if teacher_train else None
@@ -167,9 +173,12 @@ class Trainer:
         self.train_labels = task.train.labels[train_idx].to(device)
         self.eval_inputs = spec.make_inputs(eval_split.inputs, task, image_size).to(device)
         self.eval_labels = eval_split.labels.to(device)
+        for inputs in (self.train_inputs, self.eval_inputs):
+            if hasattr(inputs, "channels_last"):
+                inputs.channels_last = channels_last
         self.augment = cfg.method == "init" and not cfg.no_augment and task.modality == "image"
 
-        self.steps = cfg.steps * (4 if task.name in STEP_MULTIPLIED else 1)
+        self.steps = cfg.steps * task.step_multiplier  # 4 on mnli, qqp, qnli (the paper's)
         self.optimizer = make_optimizer(cfg, self.model, self.method, device)
         self.scheduler = cosine_schedule(self.optimizer, self.steps)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
@@ -216,21 +225,19 @@ def run(cfg):
     task = load_task(cfg.dataset, cfg.data_dir or None)
     train_idx, val_idx = train_eval_indices(len(task.train), cfg.train_frac, cfg.use_val)
     eval_split = task.train.subset(val_idx) if cfg.use_val else task.test
-    teacher_train = []
-    if get_method(cfg.method).uses_teacher:
-        teacher_train = [c["train"] for c in load_teacher_features(cfg, task, device)]
+    caches = load_teacher_features(cfg, task, device) if get_method(cfg.method).uses_teacher else []
+    if get_method(cfg.method).probe:  # a linear classifier on the cached features; no downstream model
+        from aft.probe import run_probe
+        return run_probe(cfg, task, caches, train_idx, val_idx, device, run_name, started)
+    teacher_train = [c["train"] for c in caches]
+    del caches  # the test features are not needed past here
     trainer = Trainer(cfg, task, train_idx, eval_split, teacher_train, device, precision)
     steps = trainer.steps
 
     ckpt_path = os.path.join(cfg.ckpt_dir, f"{run_name}.pt") if cfg.ckpt_dir else None
     step, evals = 0, []
     if cfg.resume and ckpt_path and os.path.exists(ckpt_path):
-        state = safe_load(ckpt_path, "checkpoint")
-        trainer.load_state_dict(state)
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"])
-        step, evals = state["step"], json.loads(state["evals"])
+        step, evals = load_checkpoint(ckpt_path, cfg, trainer, device)
         print(f"resumed {run_name} from {ckpt_path} at step {step}", flush=True)
 
     wandb_run = start_wandb(cfg, run_name) if cfg.use_wandb else None
@@ -244,8 +251,10 @@ def run(cfg):
     while step < steps:
         epoch, offset = divmod(step, batches_per_epoch)
         batches = epoch_batches(n_train, cfg.batch_size, cfg.seed, epoch)[offset:]
-        for idx, width in zip(batches, trainer.train_inputs.widths(batches)):
-            losses = torch.stack(trainer.step(idx.to(device, non_blocking=True), width))
+        widths = trainer.train_inputs.widths(batches)
+        # One host-to-device copy per epoch rather than one (pageable, so synchronous) per step.
+        for idx, width in zip(torch.stack(batches).to(device).unbind(0), widths):
+            losses = torch.stack(trainer.step(idx, width))
             step += 1
             sums += losses
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses[0]),
@@ -254,7 +263,9 @@ def run(cfg):
             if step % cfg.eval_steps == 0 or step == steps:
                 bad = int(first_bad)
                 if bad >= 0:
-                    kept = f"; the last good checkpoint is {ckpt_path}" if ckpt_path and os.path.exists(ckpt_path) else ""
+                    bar.close()  # the error is then the last line on stderr, not glued to the bar
+                    # A checkpoint is written at every evaluation, so the last one holds the last good state.
+                    kept = f"; the last good checkpoint is {ckpt_path} (step {evals[-1]['step']})" if ckpt_path and evals else ""
                     raise UserError(f"the loss became NaN or inf at step {bad}{kept}; lower --lr or --prec")
                 acc = trainer.evaluate()
                 loss_m, ce_m, reg_m = (sums / (step - since)).tolist()
@@ -266,7 +277,7 @@ def run(cfg):
                 if wandb_run is not None:
                     wandb_run.log({"loss": loss_m, "ce": ce_m, "reg": reg_m, f"{split}_acc": acc}, step=step)
                 if ckpt_path:
-                    save_checkpoint(ckpt_path, trainer, step, evals, device)
+                    save_checkpoint(ckpt_path, trainer, step, evals, device, cfg)
             if step >= steps:
                 break
     bar.close()
@@ -281,11 +292,40 @@ def run(cfg):
     return results
 
 
-def save_checkpoint(path, trainer, step, evals, device):
-    state = dict(trainer.state_dict(), step=step, evals=json.dumps(evals), rng_cpu=torch.get_rng_state())
+def save_checkpoint(path, trainer, step, evals, device, cfg):
+    # evals and config as JSON strings: the file stays loadable with weights_only=True
+    state = dict(trainer.state_dict(), step=step, evals=json.dumps(evals), config=json.dumps(asdict(cfg)),
+                 rng_cpu=torch.get_rng_state())
     if device.type == "cuda":
         state["rng_cuda"] = torch.cuda.get_rng_state()
     atomic_save(state, path)
+
+
+# Flags that may change when a killed run is resumed: where files go, logging, speed. Any other
+# difference would silently mix two runs into one result, so it is refused.
+RESUME_MAY_CHANGE = {"resume", "ckpt_dir", "run_name", "use_wandb", "wandb_project", "wandb_group", "features_dir",
+                     "data_dir", "out_dir", "device", "compile", "eval_steps", "eval_batch_size", "extract_batch_size"}
+
+
+def load_checkpoint(path, cfg, trainer, device):
+    """Restore model, method, optimizer, schedule and RNG from a checkpoint; returns (step, evals)."""
+    state = safe_load(path, "checkpoint")
+    afresh = "delete it, or pass another --run_name or --ckpt_dir, to start afresh"
+    if not isinstance(state, dict) or not {"model", "optimizer", "step", "evals", "rng_cpu"} <= set(state):
+        raise UserError(f"{path} is not a checkpoint written by run.py; {afresh}")
+    saved, now = json.loads(state.get("config", "{}")), asdict(cfg)
+    changed = [k for k in saved if k in now and k not in RESUME_MAY_CHANGE and saved[k] != now[k]]
+    if changed:
+        was = ", ".join(f"--{k}={saved[k]} (now {now[k]})" for k in changed)
+        raise UserError(f"{path} was written with {was}; resume with the same flags, or {afresh}")
+    try:
+        trainer.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise UserError(f"{path} does not fit this model ({str(e).strip().splitlines()[0][:160]}); {afresh}") from None
+    torch.set_rng_state(state["rng_cpu"])
+    if device.type == "cuda" and "rng_cuda" in state:
+        torch.cuda.set_rng_state(state["rng_cuda"])
+    return state["step"], json.loads(state["evals"])
 
 
 def write_json(path, obj):

@@ -1,0 +1,60 @@
+#!/bin/sh
+# Step 2 of the paper's pipeline: train the downstream model with one method and beta over seeds,
+# with the paper's command (ViT-S on CIFAR-10 with AFT from ViT-G DINOv2 and ViT-G CLIP, beta 10),
+# then print the table of every result in $OUT. Missing feature caches are computed on the spot;
+# examples/save_features.sh makes them ahead of time. A killed run resumes from its checkpoint when
+# the script is started again.
+#
+#   sh examples/run.sh
+#   METHOD=kd PREC=1 SEEDS="0 1 2" sh examples/run.sh
+set -e
+
+METHOD=${METHOD:-aft}          # init (standard transfer learning), kd, aft, ...
+PREC=${PREC:-10}               # beta
+DATASET=${DATASET:-cifar10}
+PRETRAINED=${PRETRAINED:-vit_giant_patch14_dinov2.lvd142m,vit_giant_patch14_clip_224.laion2b}
+MODEL=${MODEL:-vit_small_patch16_224.augreg_in1k}
+INIT_MODEL=${INIT_MODEL-$MODEL}            # empty: train the downstream model from random weights
+LR=${LR:-1e-4}
+SEEDS=${SEEDS:-0}
+STEPS=${STEPS:-5000}
+EVAL_STEPS=${EVAL_STEPS:-500}
+BATCH_SIZE=${BATCH_SIZE:-128}
+TRAIN_FRAC=${TRAIN_FRAC:-1}
+USE_VAL=${USE_VAL:-False}      # True: evaluate on the 10% hold-out of train (for tuning beta)
+USE_WANDB=${USE_WANDB:-False}
+OUT=${OUT:-results}
+CKPT_DIR=${CKPT_DIR:-checkpoints}
+EXTRA=${EXTRA:-}               # more run.py flags
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # for python -m aft.results from any folder
+
+for seed in $SEEDS; do
+    # shellcheck disable=SC2086  # EXTRA is a list of flags
+    python "$ROOT/run.py" \
+        --seed="$seed" \
+        --model_class="$MODEL" \
+        --init_model="$INIT_MODEL" \
+        --dataset="$DATASET" \
+        --pretrained_models="$PRETRAINED" \
+        --train_frac="$TRAIN_FRAC" \
+        --use_val="$USE_VAL" \
+        --method="$METHOD" \
+        --prec="$PREC" \
+        --learn_scales=True \
+        --steps="$STEPS" \
+        --eval_steps="$EVAL_STEPS" \
+        --optimizer=adam \
+        --batch_size="$BATCH_SIZE" \
+        --lr="$LR" \
+        --wd=0 \
+        --no_augment=True \
+        --use_wandb="$USE_WANDB" \
+        --out_dir="$OUT" \
+        --ckpt_dir="$CKPT_DIR" \
+        --resume=True \
+        $EXTRA
+done
+
+python -m aft.results "$OUT"

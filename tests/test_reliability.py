@@ -1,0 +1,232 @@
+"""SPEC 9 through the real scripts: every mistake is one line naming the fix (exit 2, no traceback),
+a NaN stops the run and keeps the last checkpoint, a kill -9 never leaves a file that reads as
+valid, and a killed run resumes to exactly the numbers of an uninterrupted one.
+
+The cases tests/test_cli.py::test_bad_input_is_one_line (unknown method and dataset, beta < 0) and
+tests/test_features.py (mismatch, truncation and pickles checked in-process) cover are not repeated.
+"""
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from aft.errors import UserError
+from aft.features import make_meta, read_features, write_features
+from tests.conftest import ROOT
+from tests.test_cli import IMAGE_RUN, cli
+from tests.test_features import Evil
+
+STUDENT = ["--dataset=digits", "--model_class=resnet10t", "--image_size=16", "--batch_size=32"]
+
+
+def error_line(proc):
+    """The one line a failed script shows: exit 2, no traceback, the error last on stderr (progress
+    bars, cleared with carriage returns, may precede it)."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in re.split(r"[\r\n]", proc.stderr) if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    return errors[0]
+
+
+# ---- bad flags: refused before anything is loaded --------------------------------------------------
+
+@pytest.mark.parametrize("script, args, message", [
+    ("run.py", ["--train_frac=0"], "--train_frac=0.0 must be in (0, 1]"),
+    ("run.py", ["--train_frac=1.5"], "--train_frac=1.5 must be in (0, 1]"),
+    ("run.py", ["--steps=0"], "--steps=0 must be > 0"),
+    ("run.py", ["--batch_size=-4"], "--batch_size=-4 must be > 0"),
+    ("run.py", ["--resume=True"], "--resume needs --ckpt_dir"),
+    ("run.py", ["--method=init", "--model_class=nope"], "unknown model 'nope'; valid: the embedded models "
+                                                        "all-MiniLM-L6-v2, tiny_bert, efficientnet_lite2"),
+    ("save_features.py", ["--batch_size=0"], "--batch_size=0 must be > 0"),
+])
+def test_bad_flag_is_one_line(tmp_path, script, args, message):
+    line = error_line(cli(script, *args, cwd=tmp_path, check=False))
+    assert message in line
+    assert not os.path.exists(tmp_path / "results") and not os.path.exists(tmp_path / "features")
+
+
+# ---- feature caches --------------------------------------------------------------------------------
+
+def test_missing_features_that_cannot_be_made_here_print_the_command(tmp_path, monkeypatch):
+    """run.py computes a missing cache on the spot; when the model cannot be loaded here (offline,
+    empty hub caches) the error gives the save_features.py command to run where it can."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    model = "vit_small_patch16_224.augreg_in1k"
+    line = error_line(cli("run.py", *STUDENT, f"--pretrained_models={model}", "--method=aft", cwd=tmp_path,
+                          check=False))
+    assert f"missing feature file ./features/{model}_digits.pt" in line
+    assert f"python save_features.py --model_class={model} --dataset=digits " \
+           f"--save_path=./features/{model}_digits.pt" in line
+    assert not os.path.exists(tmp_path / "features" / f"{model}_digits.pt")
+
+
+def _write_cache(folder, n_train=1437, n_test=360, dataset="digits", dim=8):
+    train, test = torch.randn(n_train, dim), torch.randn(n_test, dim)
+    path = folder / "features" / "efficientnet_lite2_digits.pt"
+    write_features(str(path), train, test, make_meta("efficientnet_lite2", dataset, train, test))
+    return path
+
+
+def test_cache_that_does_not_match_the_dataset_is_refused(tmp_path):
+    """Through run.py; tests/test_features.py checks every other mismatch (model, dataset, test rows)."""
+    _write_cache(tmp_path, n_train=100)
+    line = error_line(cli("run.py", *IMAGE_RUN, "--method=aft", cwd=tmp_path, check=False))
+    assert "has 100 train rows but dataset digits has 1437" in line
+    assert "create it again with: python save_features.py --model_class=efficientnet_lite2 --dataset=digits" in line
+
+
+def test_truncated_cache_is_refused(tmp_path):
+    path = _write_cache(tmp_path)
+    path.write_bytes(path.read_bytes()[:4000])
+    line = error_line(cli("run.py", *IMAGE_RUN, "--method=kd", cwd=tmp_path, check=False))
+    assert "features/efficientnet_lite2_digits.pt is not a readable feature file" in line
+    assert "delete it and create it again" in line
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------
+
+def test_checkpoint_with_code_is_refused_on_resume(tmp_path):
+    ckpt = tmp_path / "ckpt" / "r.pt"
+    ckpt.parent.mkdir()
+    torch.save({"model": {}, "step": Evil()}, ckpt, pickle_protocol=2)  # unpickling would run os.system
+    line = error_line(cli("run.py", *STUDENT, "--method=init", "--steps=2", "--ckpt_dir=ckpt", "--run_name=r",
+                          "--resume=True", cwd=tmp_path, check=False))
+    assert "ckpt/r.pt is not a readable checkpoint" in line
+    assert not os.path.exists(tmp_path / "pwned.txt") and not os.path.exists(tmp_path / "results")
+
+
+def test_nan_loss_stops_names_the_step_and_keeps_the_checkpoint(tmp_path):
+    args = [*STUDENT, "--method=init", "--steps=6", "--eval_steps=1", "--ckpt_dir=ckpt", "--run_name=r"]
+    line = error_line(cli("run.py", *args, "--lr=1e30", cwd=tmp_path, check=False))
+    found = re.search(r"the loss became NaN or inf at step (\d+); the last good checkpoint is ckpt/r.pt "
+                      r"\(step (\d+)\); lower --lr or --prec", line)
+    assert found, line
+    bad, kept = int(found.group(1)), int(found.group(2))
+    assert 1 <= kept < bad <= 6
+    state = torch.load(tmp_path / "ckpt" / "r.pt", weights_only=True)
+    assert state["step"] == kept
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not os.path.exists(tmp_path / "results")  # no result from a diverged run
+    # Resuming it with other flags would mix two runs into one result: refused, naming the flag.
+    line = error_line(cli("run.py", *args, "--resume=True", cwd=tmp_path, check=False))
+    assert "ckpt/r.pt was written with --lr=1e+30 (now 0.001); resume with the same flags" in line
+
+
+def test_killed_run_resumes_to_identical_numbers(tmp_path):
+    """SIGKILL while the second checkpoint is being written; the checkpoint on disk is then the
+    first one or a complete second one, never half of one; resuming with the same flags gives the
+    evaluations of an uninterrupted run exactly (batch order from (seed, epoch); model, AFT scales,
+    optimizer, schedule and RNG state in the checkpoint)."""
+    _write_cache(tmp_path, dim=32)  # random teacher features of the right shape: enough for AFT to learn scales
+    args = [*STUDENT, "--pretrained_models=efficientnet_lite2", "--method=aft", "--steps=30", "--eval_steps=10",
+            "--seed=5"]
+    cli("run.py", *args, "--run_name=whole", cwd=tmp_path)
+
+    ckpt_dir = tmp_path / "ckpt_kill"
+    ckpt = ckpt_dir / "part.pt"
+    proc = _start("run.py", *args, f"--ckpt_dir={ckpt_dir}", "--run_name=part", cwd=tmp_path)
+    try:
+        _wait_for(lambda: ckpt.exists(), proc)  # the first checkpoint (step 10) is complete
+        _wait_for(lambda: any(n.startswith(".tmp-") for n in os.listdir(ckpt_dir)), proc, poll=0.0005)
+        time.sleep(0.01)  # into the write of the second checkpoint (60 MB)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert torch.load(ckpt, weights_only=True)["step"] in (10, 20)
+    assert not os.path.exists(tmp_path / "results" / "part.json")
+    strays = [n for n in os.listdir(ckpt_dir) if n != "part.pt"]
+    assert all(n.startswith(".tmp-") for n in strays)
+    for n in strays:  # pretend the kill was long ago: the next write clears stale leftovers
+        os.utime(ckpt_dir / n, (time.time() - 7200, time.time() - 7200))
+
+    out = cli("run.py", *args, f"--ckpt_dir={ckpt_dir}", "--run_name=part", "--resume=True", cwd=tmp_path)
+    assert re.search(r"resumed part from .*part.pt at step (10|20)", out.stdout)
+    whole = json.load(open(tmp_path / "results" / "whole.json"))
+    part = json.load(open(tmp_path / "results" / "part.json"))
+    assert [e["step"] for e in part["evals"]] == [10, 20, 30]
+    assert part["evals"] == whole["evals"]  # bit-identical on CPU: loss, ce, reg and accuracy
+    assert os.listdir(ckpt_dir) == ["part.pt"]
+
+
+def _start(script, *args, cwd, stdout=subprocess.DEVNULL):
+    """A script started in the background, in the environment of tests.test_cli.cli, to be killed."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    return subprocess.Popen([sys.executable, *([os.path.join(ROOT, script)] if script else []), *args], cwd=cwd,
+                            env=env, stdout=stdout, stderr=subprocess.DEVNULL, text=True)
+
+
+def _wait_for(condition, proc, poll=0.01, timeout=300):
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(poll)
+
+
+# ---- kill -9 while a file is written ---------------------------------------------------------------
+
+def test_kill_during_save_features_leaves_no_readable_half_file(tmp_path):
+    """save_features.py SIGKILLed while it writes the cache: no cache, or a complete one."""
+    features = tmp_path / "features"
+    proc = _start("save_features.py", "--model_class=efficientnet_lite2", "--dataset=digits", "--image_size=32",
+                 cwd=tmp_path)
+    try:
+        _wait_for(lambda: features.exists() and any(n.startswith(".tmp-") for n in os.listdir(features)), proc,
+                  poll=0.0005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    _absent_or_complete(str(features / "efficientnet_lite2_digits.pt"), rows=(1437, 360))
+
+
+def _absent_or_complete(path, rows):
+    if not os.path.exists(path):
+        with pytest.raises(UserError, match="missing feature file .* create it with: python save_features.py"):
+            read_features(path)
+        return
+    cache = read_features(path)
+    assert (cache["train"].shape[0], cache["test"].shape[0]) == rows
+
+
+WRITER = textwrap.dedent("""
+    import sys, torch
+    from aft.features import write_features
+    path = sys.argv[1]
+    print("ready", flush=True)
+    for k in range(1, 10**6):  # version k of the file holds the value k everywhere; until killed
+        train, test = torch.full((1_000_000, 8), float(k)), torch.full((1000, 8), float(k))
+        write_features(path, train, test, dict(model="m", dataset="d", k=k))
+""")
+
+
+def test_kill_at_random_moments_never_leaves_a_half_written_file(tmp_path):
+    """A writer rewriting a 32 MB cache in a loop, SIGKILLed at random moments: the file is always
+    either absent or one complete version (every value equal to the version in its meta)."""
+    path = tmp_path / "m_d.pt"
+    rng = random.Random(0)
+    for _ in range(3):
+        proc = _start(None, "-c", WRITER, str(path), cwd=tmp_path, stdout=subprocess.PIPE)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.05, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        if path.exists():
+            cache = read_features(str(path), "m", "d")
+            k = cache["meta"]["k"]
+            assert (cache["train"] == k).all() and (cache["test"] == k).all()
+    # What a kill leaves is a hidden .tmp-*.pt that no reader ever opens.
+    assert all(n == "m_d.pt" or n.startswith(".tmp-") for n in os.listdir(tmp_path))
