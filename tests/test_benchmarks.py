@@ -1,0 +1,67 @@
+"""The benchmarks keep working: each runs with --tiny on the CPU and prints JSON lines with the
+expected keys. Nothing here asserts on time."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RATE_KEYS = {"bench", "pipeline", "model", "device", "precision", "batch_size", "image_size", "seconds",
+             "images_per_s", "tflops"}
+
+
+def run_bench(script, *flags):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--tiny", "--device=cpu", *flags],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]  # every line is JSON
+    assert lines and lines[0]["pipeline"] == "env"
+    return lines
+
+
+def check_rates(record):
+    assert RATE_KEYS <= set(record), RATE_KEYS - set(record)
+    assert record["images_per_s"] > 0 and record["seconds"] > 0 and record["tflops"] > 0
+
+
+def test_train_step_tiny():
+    lines = run_bench("train_step.py")
+    models = {r["model"] for r in lines[1:]}
+    assert models == {"test_vit", "test_resnet"}
+    for model in models:
+        rows = {(r["pipeline"], r.get("method")): r for r in lines if r.get("model") == model}
+        assert set(rows) == {("upstream", "aft"), ("project", "aft"), ("project", "init"), ("summary", None)}
+        for key in (("upstream", "aft"), ("project", "aft"), ("project", "init")):
+            check_rates(rows[key])
+            assert {"ms_per_step", "gflops_per_step", "loss_finite"} <= set(rows[key])
+            assert rows[key]["loss_finite"] and rows[key]["gflops_per_step"] > 0
+        assert rows[("upstream", "aft")]["precision"] == "fp32"
+        assert rows[("project", "aft")]["teacher_dim"] == 64 and rows[("project", "init")]["teacher_dim"] == 0
+        summary = rows[("summary", None)]
+        assert summary["speedup_vs_upstream"] > 0 and summary["aft_over_init"] > 0
+        assert summary["targets"] == {"speedup_vs_upstream": 8.0, "aft_over_init": 1.05}
+
+
+def test_extract_tiny():
+    lines = run_bench("extract.py")
+    models = {r["model"] for r in lines[1:]}
+    assert models == {"test_vit", "test_vit3"}
+    for model in models:
+        rows = {r["pipeline"]: r for r in lines if r.get("model") == model}
+        assert set(rows) == {"upstream", "project", "summary"}
+        for pipeline in ("upstream", "project"):
+            check_rates(rows[pipeline])
+            assert rows[pipeline]["features_finite"] and rows[pipeline]["gflops_per_image"] > 0
+        assert {"decode_s", "images_per_s_compute", "tflops_compute"} <= set(rows["project"])
+        assert rows["project"]["images"] == 24 and rows["upstream"]["images"] == 8
+        assert rows["project"]["dim"] == rows["upstream"]["dim"]
+        assert rows["summary"]["speedup_vs_upstream"] > 0
+
+
+def test_gpu_check_script_parses():
+    sh = "bash" if subprocess.run(["which", "bash"], capture_output=True).returncode == 0 else "sh"
+    out = subprocess.run([sh, "-n", os.path.join(ROOT, "benchmarks", "gpu_check.sh")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
