@@ -31,11 +31,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import (ROOT, count_flops, emit, env_record, free, max_mem_gb, peak_tflops, rates,  # noqa: E402
+from train_step import (ROOT, count_flops, emit, env_record, free, max_mem_gb, parse_with_tiny, peak_tflops, rates,  # noqa: E402
                         sync, upstream_flags)
 
 sys.path.insert(0, ROOT)
 from aft.datasets import Split, Task  # noqa: E402
+from aft.paper_datasets import IMAGE_SIZE, square_uint8  # noqa: E402
 from aft.extract import compute_features, extraction_inputs, prepare_body  # noqa: E402
 from aft.models import resolve_model  # noqa: E402
 from aft.runtime import resolve_device, resolve_precision, speed_settings  # noqa: E402
@@ -52,27 +53,6 @@ def write_images(folder, n, size, fmt, seed=0):
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
         paths.append(path)
     return paths
-
-
-def square_uint8(img, size):
-    """The project's loader for image files (aft.paper_datasets: shorter side to `size`, bicubic, then
-    the central square); a plain bicubic resize where that module is absent."""
-    try:
-        from aft.paper_datasets import square_uint8 as project_square
-    except ImportError:
-        from PIL import Image
-        return torch.from_numpy(np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC))).permute(2, 0, 1)
-    return project_square(img, size)
-
-
-def decoded_size(requested):
-    if requested:
-        return requested
-    try:
-        from aft.paper_datasets import IMAGE_SIZE
-        return IMAGE_SIZE
-    except ImportError:
-        return 256
 
 
 def decode_files(paths, workers, size):
@@ -160,7 +140,7 @@ def bench_project(args, name, spec, body, paths, device, precision, peak):
     body = prepare_body(body, device, precision, spec.modality)
     task = Task("bench_files", "image", 10, Split(None, torch.zeros(0)), Split(None, torch.zeros(0)))
 
-    size = decoded_size(args.decode_size)
+    size = args.decode_size or IMAGE_SIZE
     warm = extraction_inputs(spec, decode_files(paths[:args.batch_size], args.workers, size), task,
                              args.image_size or None, device)
     x = warm.batch(torch.arange(2, device=device))
@@ -204,14 +184,8 @@ def parse_args(argv=None):
     p.add_argument("--precision", default="auto", help="auto: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--peak_tflops", type=float, default=0.0, help="bf16 peak for frac_of_bf16_peak (0: by name)")
     p.add_argument("--tiny", action="store_true", help=f"{TINY_MODELS}, 24 images, batch 8: CPU in seconds")
-    args = p.parse_args(argv)
-    if args.tiny:
-        defaults = p.parse_args([])
-        tiny = dict(models=TINY_MODELS, n_images=24, baseline_images=8, batch_size=8, baseline_batch_size=4,
-                    workers=2)
-        for key, value in tiny.items():  # a flag given explicitly wins over --tiny
-            if getattr(args, key) == getattr(defaults, key):
-                setattr(args, key, value)
+    args = parse_with_tiny(p, argv, dict(models=TINY_MODELS, n_images=24, baseline_images=8, batch_size=8,
+                                         baseline_batch_size=4, workers=2))
     args.baseline_images = min(args.baseline_images, args.n_images)
     return args
 

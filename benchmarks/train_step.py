@@ -267,12 +267,16 @@ def parse_args(argv=None):
     p.add_argument("--precision", default="auto", help="auto: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--peak_tflops", type=float, default=0.0, help="bf16 peak for frac_of_bf16_peak (0: by name)")
     p.add_argument("--tiny", action="store_true", help=f"{TINY_MODELS}, batch 8, 3 steps: CPU in seconds")
-    args = p.parse_args(argv)
+    return parse_with_tiny(p, argv, dict(models=TINY_MODELS, batch_size=8, steps=3, warmup=1, upstream_steps=2,
+                                         upstream_warmup=1, n_images=64, teacher_dim=64))
+
+
+def parse_with_tiny(parser, argv, tiny):
+    """Parse; with --tiny, the `tiny` values replace the defaults (a flag given explicitly still wins)."""
+    args = parser.parse_args(argv)
     if args.tiny:
-        defaults = p.parse_args([])
-        tiny = dict(models=TINY_MODELS, batch_size=8, steps=3, warmup=1, upstream_steps=2, upstream_warmup=1,
-                    n_images=64, teacher_dim=64)
-        for key, value in tiny.items():  # a flag given explicitly wins over --tiny
+        defaults = parser.parse_args([])
+        for key, value in tiny.items():
             if getattr(args, key) == getattr(defaults, key):
                 setattr(args, key, value)
     return args

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATE_KEYS = {"bench", "pipeline", "model", "device", "precision", "batch_size", "image_size", "seconds",

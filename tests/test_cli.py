@@ -36,7 +36,7 @@ def workdir(tmp_path_factory):
 def test_run_writes_results(workdir, method):
     out = cli("run.py", *IMAGE_RUN, f"--method={method}", "--prec=2", "--seed=3", cwd=workdir)
     name = f"digits_resnet10t_{method}_prec2_lr0.001_seed3"
-    assert f"final test accuracy:" in out.stdout and name in out.stdout
+    assert "final test accuracy:" in out.stdout and name in out.stdout
     res = json.load(open(workdir / "results" / f"{name}.json"))
     assert res["config"]["method"] == method and res["config"]["prec"] == 2 and res["config"]["seed"] == 3
     assert [e["step"] for e in res["evals"]] == [3, 6] and res["eval_split"] == "test"
