@@ -13,8 +13,11 @@ IMAGE_RUN = ["--dataset=digits", "--model_class=resnet10t", "--image_size=16", "
              "--steps=6", "--eval_steps=3", "--batch_size=32"]
 
 
-def cli(script, *args, cwd, check=True):
+def cli(script, *args, cwd, check=True, **env_changes):
+    """Run a script as a user would; `env_changes` set variables (None: unset)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    for key, value in env_changes.items():
+        env.pop(key, None) if value is None else env.__setitem__(key, value)
     proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
@@ -55,6 +58,16 @@ def test_use_val_train_frac_and_checkpoint(workdir):
     assert res["eval_split"] == "val" and res["n_eval"] == 144 and res["n_train"] == 646
     state = torch.load(workdir / "ckpt" / "valrun.pt", weights_only=True)
     assert state["step"] == 6 and "scales" in state["method"]
+
+
+def test_wandb_logs_offline_with_the_full_config(workdir):
+    """Without credentials --use_wandb logs offline: one run folder holding the whole config."""
+    cli("run.py", *IMAGE_RUN, "--method=aft", "--use_wandb=True", "--wandb_group=sweep1", "--run_name=wb",
+        cwd=workdir, WANDB_MODE=None, WANDB_API_KEY=None, WANDB_DIR=str(workdir))
+    (run,) = (workdir / "wandb").glob("offline-run-*")
+    record = next(run.glob("*.wandb")).read_bytes()  # what `wandb sync` uploads later
+    for text in (b"pretrained_models", b"efficientnet_lite2", b"learn_scales", b"prior_lr", b"sweep1", b"test_acc"):
+        assert text in record, text
 
 
 def test_missing_features_are_computed_on_the_spot(tmp_path):
