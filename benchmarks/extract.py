@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import (ROOT, count_flops, emit, env_record, free, max_mem_gb, parse_with_tiny, peak_tflops, rates,  # noqa: E402
+from train_step import (ROOT, count_flops, emit, free, max_mem_gb, parse_with_tiny, rates, start,  # noqa: E402
                         sync, upstream_flags)
 
 sys.path.insert(0, ROOT)
@@ -39,7 +39,7 @@ from aft.datasets import Split, Task  # noqa: E402
 from aft.paper_datasets import IMAGE_SIZE, square_uint8  # noqa: E402
 from aft.extract import compute_features, extraction_inputs, prepare_body  # noqa: E402
 from aft.models import resolve_model  # noqa: E402
-from aft.runtime import resolve_device, resolve_precision, speed_settings  # noqa: E402
+from aft.runtime import speed_settings  # noqa: E402
 
 TINY_MODELS = "test_vit,test_vit3"
 
@@ -192,10 +192,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
-    peak = peak_tflops(device, args.peak_tflops)
-    emit(env_record("extract", device, precision, args))
+    device, precision, peak = start("extract", args)
     with tempfile.TemporaryDirectory(prefix="aft-bench-images-") as folder:
         paths = write_images(folder, args.n_images, args.disk_size, args.format)
         for name in [m for m in args.models.split(",") if m]:

@@ -282,12 +282,17 @@ def parse_with_tiny(parser, argv, tiny):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def start(bench, args):
+    """Device, precision and bf16 peak of this run; the first JSON line describes the machine."""
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    peak = peak_tflops(device, args.peak_tflops)
-    emit(env_record("train_step", device, precision, args))
+    emit(env_record(bench, device, precision, args))
+    return device, precision, peak_tflops(device, args.peak_tflops)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device, precision, peak = start("train_step", args)
 
     images, labels = cifar_like(args.n_images, args.num_classes)
     test_images, test_labels = cifar_like(max(args.batch_size, 16), args.num_classes, seed=1)
