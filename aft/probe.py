@@ -6,9 +6,7 @@ evaluated every `eval_steps` on the test features (or, with use_val, on the held
 It writes the same results JSON as aft.train.run. It is cheap, so it keeps no checkpoint.
 """
 import math
-import os
 import time
-from dataclasses import asdict
 
 import torch
 import torch.nn as nn
@@ -16,7 +14,7 @@ import torch.nn.functional as F
 
 from aft.errors import UserError
 from aft.methods import get_method
-from aft.train import cosine_schedule, epoch_batches, make_optimizer, start_wandb, write_json
+from aft.train import cosine_schedule, epoch_batches, finish_run, make_optimizer, start_wandb
 
 
 def run_probe(cfg, task, caches, train_idx, val_idx, device, run_name, started):
@@ -73,11 +71,4 @@ def run_probe(cfg, task, caches, train_idx, val_idx, device, run_name, started):
             if step >= steps:
                 break
 
-    results = dict(run_name=run_name, config=asdict(cfg), steps=steps, eval_split=split, n_train=n_train,
-                   n_eval=len(y_eval), evals=evals, final_acc=evals[-1]["acc"], device=device.type,
-                   precision="fp32", seconds=round(time.time() - started, 1))
-    write_json(os.path.join(cfg.out_dir, f"{run_name}.json"), results)
-    if wandb_run is not None:
-        wandb_run.summary["final_acc"] = results["final_acc"]
-        wandb_run.finish()
-    return results
+    return finish_run(cfg, run_name, steps, split, n_train, len(y_eval), evals, device, "fp32", started, wandb_run)

@@ -282,9 +282,15 @@ def run(cfg):
                 break
     bar.close()
 
-    results = dict(run_name=run_name, config=asdict(cfg), steps=steps, eval_split=split,
-                   n_train=n_train, n_eval=len(trainer.eval_labels), evals=evals, final_acc=evals[-1]["acc"],
-                   device=device.type, precision=precision, seconds=round(time.time() - started, 1))
+    return finish_run(cfg, run_name, steps, split, n_train, len(trainer.eval_labels), evals, device, precision,
+                      started, wandb_run)
+
+
+def finish_run(cfg, run_name, steps, split, n_train, n_eval, evals, device, precision, started, wandb_run):
+    """The results JSON of a run (and its wandb summary); returns the results dict."""
+    results = dict(run_name=run_name, config=asdict(cfg), steps=steps, eval_split=split, n_train=n_train,
+                   n_eval=n_eval, evals=evals, final_acc=evals[-1]["acc"], device=device.type, precision=precision,
+                   seconds=round(time.time() - started, 1))
     write_json(os.path.join(cfg.out_dir, f"{run_name}.json"), results)
     if wandb_run is not None:
         wandb_run.summary["final_acc"] = results["final_acc"]
