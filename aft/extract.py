@@ -32,15 +32,6 @@ def prepare_body(body, device, precision, modality):
     return body
 
 
-def extraction_inputs(spec, split_inputs, task, image_size, device):
-    """A split's inputs preprocessed once and on the device; image batches come out channels-last on
-    CUDA, like the body (prepare_body)."""
-    inputs = spec.make_inputs(split_inputs, task, image_size).to(device)
-    if hasattr(inputs, "channels_last"):
-        inputs.channels_last = device.type == "cuda"
-    return inputs
-
-
 @torch.inference_mode()
 def compute_features(body, inputs, batch_size, device, precision, desc="features"):
     """Features of every row of `inputs`, float32 on the host, in row order.
@@ -101,7 +92,7 @@ def extract_to_cache(model_name, task, path, batch_size, device, precision="auto
     body = prepare_body(body, device, precision, spec.modality)
     feats = {}
     for split in ("train", "test"):
-        inputs = extraction_inputs(spec, getattr(task, split).inputs, task, image_size, device)
+        inputs = spec.make_inputs(getattr(task, split).inputs, task, image_size).to(device)
         feats[split], batch_size = compute_features_adaptive(body, inputs, batch_size, device, precision,
                                                              f"{model_name} {task.name} {split}")
     meta = make_meta(model_name, task.name, feats["train"], feats["test"], precision=precision,

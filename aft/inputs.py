@@ -68,13 +68,14 @@ class ImageInputs:
         self.resized = int(math.floor(size / crop_pct))
         self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
-        self.channels_last = False  # set where the model is channels-last (CUDA): batches come out NHWC
+        self.channels_last = False  # on CUDA, where image models run channels-last: batches come out NHWC
 
     def __len__(self):
         return len(self.images) if self.index is None else len(self.index)
 
     def to(self, device):
         self.images, self.mean, self.std = self.images.to(device), self.mean.to(device), self.std.to(device)
+        self.channels_last = device.type == "cuda"
         if self.index is not None:
             self.index = self.index.to(device)
         return self

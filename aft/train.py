@@ -161,8 +161,7 @@ class Trainer:
         teacher_dims = [t.shape[1] for t in teacher_train]
         self.cfg, self.device, self.precision = cfg, device, precision
         self.model = model.to(device)
-        channels_last = device.type == "cuda" and spec.modality == "image"
-        if channels_last:
+        if device.type == "cuda" and spec.modality == "image":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.method = method_cls(model.head.in_features, teacher_dims, cfg).to(device)
         self.psi = torch.cat([t[train_idx] for t in teacher_train], 1).to(device) if teacher_train else None
@@ -173,9 +172,6 @@ class Trainer:
         self.train_labels = task.train.labels[train_idx].to(device)
         self.eval_inputs = spec.make_inputs(eval_split.inputs, task, image_size).to(device)
         self.eval_labels = eval_split.labels.to(device)
-        for inputs in (self.train_inputs, self.eval_inputs):
-            if hasattr(inputs, "channels_last"):
-                inputs.channels_last = channels_last
         self.augment = cfg.method == "init" and not cfg.no_augment and task.modality == "image"
 
         self.steps = cfg.steps * task.step_multiplier  # 4 on mnli, qqp, qnli (the paper's)

@@ -10,7 +10,7 @@ folder first) through a model with random weights (no download).
 `project`: what save_features.py does for a dataset of image files: decode every file once into a
 uint8 tensor as the project's loaders do (aft.paper_datasets.square_uint8: shorter side to 256 px,
 bicubic, central square; PIL in threads), then aft.extract's own steps: `prepare_body` (device, eval, bf16,
-channels-last), `extraction_inputs` (uint8 on the device, resized and normalised per batch there)
+channels-last), the model's `make_inputs(...).to(device)` (uint8 on the device, resized and normalised per batch there)
 and `compute_features` (inference mode, bf16 autocast, asynchronous copies back). Timed from the
 first file read to the features on the host, after one untimed warm-up batch.
 `upstream`: the paper-style loop: fp32 model, a torch DataLoader (num_workers=0) whose dataset
@@ -37,7 +37,7 @@ from train_step import (ROOT, count_flops, emit, free, max_mem_gb, parse_with_ti
 sys.path.insert(0, ROOT)
 from aft.datasets import Split, Task  # noqa: E402
 from aft.paper_datasets import IMAGE_SIZE, square_uint8  # noqa: E402
-from aft.extract import compute_features, extraction_inputs, prepare_body  # noqa: E402
+from aft.extract import compute_features, prepare_body  # noqa: E402
 from aft.models import resolve_model  # noqa: E402
 from aft.runtime import speed_settings  # noqa: E402
 
@@ -141,8 +141,8 @@ def bench_project(args, name, spec, body, paths, device, precision, peak):
     task = Task("bench_files", "image", 10, Split(None, torch.zeros(0)), Split(None, torch.zeros(0)))
 
     size = args.decode_size or IMAGE_SIZE
-    warm = extraction_inputs(spec, decode_files(paths[:args.batch_size], args.workers, size), task,
-                             args.image_size or None, device)
+    warm = spec.make_inputs(decode_files(paths[:args.batch_size], args.workers, size), task,
+                            args.image_size or None).to(device)
     x = warm.batch(torch.arange(2, device=device))
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         per_image = flops_per_image(body, x)
@@ -151,7 +151,7 @@ def bench_project(args, name, spec, body, paths, device, precision, peak):
 
     t0 = time.perf_counter()
     images = decode_files(paths, args.workers, size)
-    inputs = extraction_inputs(spec, images, task, args.image_size or None, device)
+    inputs = spec.make_inputs(images, task, args.image_size or None).to(device)
     t1 = time.perf_counter()
     feats = compute_features(body, inputs, args.batch_size, device, precision)  # ends on the host
     seconds = time.perf_counter() - t0
