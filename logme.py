@@ -4,9 +4,10 @@
     python logme.py --model_class=efficientnet_lite2 --dataset=digits --train_frac=0.1
 
 Reads {features_dir}/{model_class}_{dataset}.pt, fits LogME of its train features against the
-dataset's train labels (on the fixed train_frac subsample run.py trains on when --train_frac < 1,
-stored under keys suffixed _train_frac={f}) and writes logme_score and logme_weights (C x D) into
-the same file, atomically. run.py --method=btune reads them.
+dataset's train labels and writes logme_score and logme_weights (C x D) into the same file,
+atomically. run.py --method=btune reads them. It scores the rows run.py trains on: with
+--train_frac < 1 its fixed subsample (keys suffixed _train_frac={f}), with --use_val=True all but
+the held-out validation rows, so tuning on them never sees their labels (keys suffixed _val).
 """
 from absl import app, flags
 
@@ -20,6 +21,7 @@ from aft.runtime import resolve_device
 flags.DEFINE_string("model_class", "all-MiniLM-L6-v2", "the model whose cached features are scored")
 flags.DEFINE_string("dataset", "tweets", "dataset name")
 flags.DEFINE_float("train_frac", 1.0, "score the fixed subsample of the train split that run.py --train_frac uses")
+flags.DEFINE_bool("use_val", False, "leave out the validation rows run.py --use_val=True holds out")
 flags.DEFINE_string("features_dir", "./features", "folder of the feature cache")
 flags.DEFINE_string("data_dir", "", "folder of datasets on disk")
 flags.DEFINE_string("device", "auto", "auto, cpu, cuda, cuda:N")
@@ -33,12 +35,12 @@ def score():
     path = feature_path(FLAGS.features_dir, FLAGS.model_class, FLAGS.dataset)
     cache = read_features(path, FLAGS.model_class, FLAGS.dataset, len(task.train), len(task.test), FLAGS.features_dir)
     features, labels = cache["train"], task.train.labels
-    if FLAGS.train_frac != 1:
-        rows, _ = train_eval_indices(len(labels), FLAGS.train_frac, use_val=False)
+    if FLAGS.train_frac != 1 or FLAGS.use_val:
+        rows, _ = train_eval_indices(len(labels), FLAGS.train_frac, FLAGS.use_val)
         features, labels = features[rows], labels[rows]
     device = resolve_device(FLAGS.device)
     value, weights = logme(features.to(device), labels.to(device), num_classes=task.num_classes)
-    score_key, weights_key = logme_keys(FLAGS.train_frac)
+    score_key, weights_key = logme_keys(FLAGS.train_frac, FLAGS.use_val)
     cache[score_key], cache[weights_key] = float(value), weights.float().cpu().contiguous()
     atomic_save(cache, path)
     print(f"LogME of {FLAGS.model_class} on {FLAGS.dataset} ({len(labels)} train rows): {value:.4f}; "

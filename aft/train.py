@@ -134,18 +134,30 @@ def epoch_batches(n, batch_size, seed, epoch):
     return list(perm[: n - n % size].split(size))  # equal-size batches: no ragged last step
 
 
+def eval_batches(model, inputs, n, cfg, device, precision):
+    """(row indices, logits, phi) of every batch of the first n rows of `inputs`, in eval mode; the
+    caller holds torch.inference_mode()."""
+    model.eval()
+    widths = inputs.widths(list(torch.arange(n).split(cfg.eval_batch_size)))  # host side
+    for idx, width in zip(torch.arange(n, device=device).split(cfg.eval_batch_size), widths):
+        with autocast(device, precision):
+            logits, phi = model(inputs.batch(idx, width))
+        yield idx, logits, phi
+    model.train()
+
+
 @torch.inference_mode()
 def evaluate(model, inputs, labels, cfg, device, precision):
-    model.eval()
-    batches = list(torch.arange(len(labels)).split(cfg.eval_batch_size))
-    widths = inputs.widths(batches)  # host side; the indices themselves are made on the device
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for idx, width in zip(torch.arange(len(labels), device=device).split(cfg.eval_batch_size), widths):
-        with autocast(device, precision):
-            logits, _ = model(inputs.batch(idx, width))
+    for idx, logits, _ in eval_batches(model, inputs, len(labels), cfg, device, precision):
         correct += (logits.argmax(-1) == labels[idx]).sum()
-    model.train()
     return correct.item() / len(labels)
+
+
+@torch.inference_mode()
+def features(model, inputs, n, cfg, device, precision):
+    """phi (n x d, float32) of the first n rows of `inputs`."""
+    return torch.cat([phi.float() for _, _, phi in eval_batches(model, inputs, n, cfg, device, precision)])
 
 
 class Trainer:
@@ -179,6 +191,8 @@ class Trainer:
         self.scheduler = cosine_schedule(self.optimizer, self.steps)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.model.train()
+        self.method.start(lambda: features(self.model, self.train_inputs, len(train_idx), cfg, device, precision),
+                          self.train_labels)
 
     def step(self, idx, width=None):
         """One optimisation step on the train rows `idx` (a device tensor); returns (loss, ce, reg),

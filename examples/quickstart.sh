@@ -1,29 +1,52 @@
 #!/bin/sh
-# The offline demo three ways, over 3 seeds: standard transfer learning (init), feature distillation
-# (kd) and AFT, each training a tiny BERT on 38,158 tweets, kd and AFT from all-MiniLM-L6-v2's
-# cached features. Then the table of test accuracies (mean ± std over seeds) and of the error
-# relative to init.
+# The offline demo over 3 seeds: a tiny BERT trained on 38,158 tweets by each method in METHODS, the
+# transfer methods from all-MiniLM-L6-v2's cached features. Then the table of test accuracies
+# (mean ± std over seeds) and of the error relative to init.
 #
-#   sh examples/quickstart.sh                  # from the repository root (features/ is read there)
+#   sh examples/quickstart.sh                  # init, kd, aft; from the repository root (features/ is read there)
+#   METHODS=all sh examples/quickstart.sh      # every method of the README's table
 #   AFT_PREC=1 SEEDS="0 1" sh examples/quickstart.sh
 set -e
 
-AFT_PREC=${AFT_PREC:-10}       # beta of AFT: best of 1, 3, 10, 30 on the validation split
-KD_PREC=${KD_PREC:-10}         # beta of KD: best of 1, 10 on the validation split
+METHODS=${METHODS:-"init kd aft"}
+if [ "$METHODS" = all ]; then
+    METHODS="init kd aft rkd ft btune aft_rbf aft_dense aft_no_kernel linear_probe"
+fi
+# Betas: each method's best on the demo's validation split (seed 0, README); override as below.
+AFT_PREC=${AFT_PREC:-10}                      # of 1, 3, 10, 30
+KD_PREC=${KD_PREC:-10}                        # of 1, 10
+RKD_PREC=${RKD_PREC:-10}                      # of 1, 10
+FT_PREC=${FT_PREC:-1}                         # of 1, 10
+BTUNE_PREC=${BTUNE_PREC:-0.1}                 # of 0.001, 0.01, 0.1, 1
+AFT_RBF_PREC=${AFT_RBF_PREC:-10}              # of 1, 10
+AFT_DENSE_PREC=${AFT_DENSE_PREC:-1}           # of 1, 10
+AFT_NO_KERNEL_PREC=${AFT_NO_KERNEL_PREC:-10}  # of 1, 10
 SEEDS=${SEEDS:-"0 1 2"}
 OUT=${OUT:-results/quickstart}
-EXTRA=${EXTRA:-}               # more run.py flags, e.g. "--steps=300"
+EXTRA=${EXTRA:-}                              # more run.py flags, e.g. "--steps=300"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # for python -m aft.results from any folder
 
+prec_of() {
+    case $1 in
+        init|linear_probe) echo 0 ;;
+        *) eval echo "\${$(echo "$1" | tr a-z A-Z)_PREC:?no beta for method $1: set $(echo "$1" | tr a-z A-Z)_PREC}" ;;
+    esac
+}
+
+for method in $METHODS; do
+    prec_of "$method" > /dev/null  # an unknown method stops here, before any run
+done
+case " $METHODS " in
+    *" btune "*) python "$ROOT/logme.py" ;;  # B-Tuning reads LogME of MiniLM's features (seconds)
+esac
+
 for seed in $SEEDS; do
-    # shellcheck disable=SC2086  # EXTRA is a list of flags
-    python "$ROOT/run.py" --seed="$seed" --method=init --prec=0 --out_dir="$OUT" $EXTRA
-    # shellcheck disable=SC2086
-    python "$ROOT/run.py" --seed="$seed" --method=kd --prec="$KD_PREC" --out_dir="$OUT" $EXTRA
-    # shellcheck disable=SC2086
-    python "$ROOT/run.py" --seed="$seed" --method=aft --prec="$AFT_PREC" --out_dir="$OUT" $EXTRA
+    for method in $METHODS; do
+        # shellcheck disable=SC2086  # EXTRA is a list of flags
+        python "$ROOT/run.py" --seed="$seed" --method="$method" --prec="$(prec_of "$method")" --out_dir="$OUT" $EXTRA
+    done
 done
 
 python -m aft.results "$OUT"

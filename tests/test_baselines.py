@@ -31,6 +31,7 @@ def prepare_feature_files(features_dir, cfg, student_dim, teacher_dims, n_train=
     g = torch.Generator().manual_seed(seed)
     names = [f"t{i}" for i in range(len(teacher_dims))]
     cfg.features_dir, cfg.dataset, cfg.model_class, cfg.pretrained_models = str(features_dir), "d", "s", ",".join(names)
+    cfg.init_model = "s"  # a pre-trained student: btune reads its own features' LogME from its file
     for name, dim in zip(names + ["s"], list(teacher_dims) + [student_dim]):
         write_cache(features_dir, name, "d", torch.randn(n_train, dim, generator=g), torch.randn(5, dim, generator=g),
                     logme_score=float(torch.randn((), generator=g)),
@@ -196,6 +197,10 @@ def test_btune_reads_train_frac_keys(cfg, tmp_path):
         atomic_save(cache, path)
     reg = get_method("btune")(6, [4], cfg)
     assert torch.equal(reg.student_weights, torch.ones(NUM_CLASSES, 6))
+    cfg.use_val = True  # tuning on the validation rows: LogME must not have seen their labels
+    with pytest.raises(UserError, match=r"no logme_score_train_frac=0\.5_val/logme_weights_train_frac=0\.5_val .*"
+                                        r"--train_frac=0\.5 --use_val=True --features_dir="):
+        get_method("btune")(6, [4], cfg)
 
 
 def test_btune_missing_files_and_keys_name_the_command(cfg, tmp_path):
@@ -224,6 +229,31 @@ def test_btune_own_features_must_match_the_student(cfg, tmp_path):
     with pytest.raises(UserError, match=r"s_d\.pt, which are 6 wide, but s's features \(the input of its head\) "
                                         r"are 8 wide"):
         get_method("btune")(8, [4], cfg)
+
+
+def test_btune_from_random_weights_fits_its_own_readout_at_the_start(cfg, tmp_path):
+    """A student without pre-trained weights: M_s is LogME of its features as initialised, computed by
+    the trainer before the first step (no file of the student is read)."""
+    from aft.datasets import load_task, train_eval_indices
+    from aft.logme import logme
+    from aft.runtime import seed_everything
+    from aft.train import Trainer
+    task = load_task("digits")
+    teacher = torch.randn(len(task.train), 4)
+    write_cache(tmp_path, "t0", "digits", teacher, torch.randn(len(task.test), 4),
+                logme_score=0.0, logme_weights=torch.randn(10, 4))
+    cfg.features_dir, cfg.dataset, cfg.pretrained_models, cfg.method = str(tmp_path), "digits", "t0", "btune"
+    cfg.model_class, cfg.init_model, cfg.image_size = "resnet10t", "", 16
+    train_idx, _ = train_eval_indices(len(task.train), 0.5, False)
+    seed_everything(0)
+    trainer = Trainer(cfg, task, train_idx, task.test, [teacher], torch.device("cpu"), "fp32")
+    assert trainer.model.training  # back in train mode for the first step
+    model = trainer.model.eval()
+    with torch.no_grad():  # the student's features of the train rows, all in one batch
+        phi = model.body(trainer.train_inputs.batch(torch.arange(len(train_idx)), None))
+    _, expected = logme(phi, task.train.labels[train_idx], num_classes=10)
+    assert trainer.method.student_weights.shape == (10, 512) and expected.abs().sum() > 0
+    assert torch.allclose(trainer.method.student_weights, expected.float(), rtol=1e-4, atol=1e-6)
 
 
 # ---- ft ---------------------------------------------------------------------------------------
@@ -311,7 +341,7 @@ def test_linear_probe_learns_from_the_features_alone(cfg, tmp_path):
 # ---- logme.py and run.py end to end -------------------------------------------------------------
 
 TEACHERS = {"teacher_a": 24, "teacher_b": 16}  # random stand-ins for pre-trained models' features
-STUDENT = ("resnet10t", 512)  # the downstream model's "own pre-trained features", for btune
+STUDENT = ("efficientnet_lite2", 1280)  # a pre-trained student's "own features", for btune with --init_model
 IMAGE_RUN = ["--dataset=digits", "--model_class=resnet10t", "--image_size=16", "--pretrained_models=teacher_a,teacher_b",
              "--steps=6", "--eval_steps=3", "--batch_size=32"]
 
@@ -362,6 +392,12 @@ def test_logme_script_train_frac_and_missing_file(workdir):
     assert cache["logme_score_train_frac=0.5"] == pytest.approx(score, rel=1e-9, abs=1e-12)
     assert cache["logme_weights_train_frac=0.5"].shape == (10, 16) and "logme_score" in cache  # both kept
     assert "(718 train rows)" in out.stdout and "logme_score_train_frac=0.5" in out.stdout
+    out = cli("logme.py", "--model_class=teacher_b", "--dataset=digits", "--use_val=True", cwd=work)
+    cache = torch.load(feature_path(str(work / "features"), "teacher_b", "digits"), weights_only=True)
+    rows, val = train_eval_indices(1437, 1.0, use_val=True)
+    score, _ = logme(outputs["teacher_b"][2][rows], load_task("digits").train.labels[rows], num_classes=10)
+    assert cache["logme_score_val"] == pytest.approx(score, rel=1e-9, abs=1e-12) and len(rows) + len(val) == 1437
+    assert "(1293 train rows)" in out.stdout and "logme_score_train_frac=0.5" in cache  # the others are kept
     out = cli("logme.py", "--model_class=nope", "--dataset=digits", cwd=work, check=False)
     assert out.returncode == 2 and "python save_features.py --model_class=nope --dataset=digits" in out.stderr
     assert "Traceback" not in out.stderr
@@ -383,3 +419,25 @@ def test_run_every_baseline(workdir, method):
         assert all(e["reg"] > 0 for e in res["evals"])
     if method == "ft":
         assert (work / "features" / "teacher_a+teacher_b_digits.ft.pt").exists()
+    if method == "btune":  # resnet10t from random weights: no file of its own, its start is read
+        assert "btune: resnet10t starts from random weights, so M_s is LogME of its features at initialisation " \
+               "(1437 train rows, score " in out.stdout
+
+
+def test_run_btune_with_a_pretrained_student(workdir):
+    """With --init_model, M_s comes from the student's own cached features, scored by logme.py."""
+    work, _ = workdir
+    model = STUDENT[0]
+    out = cli("run.py", *IMAGE_RUN, f"--model_class={model}", f"--init_model={model}", "--image_size=32",
+              "--method=btune", "--prec=2", cwd=work)
+    assert "starts from random weights" not in out.stdout
+    res = json.load(open(work / "results" / f"digits_{model}_btune_prec2_lr0.001_seed0.json"))
+    assert res["config"]["init_model"] == model and all(e["reg"] > 0 for e in res["evals"])
+    path = feature_path(str(work / "features"), model, "digits")
+    cache = torch.load(path, weights_only=True)
+    del cache["logme_score"]
+    atomic_save(cache, path)
+    line = cli("run.py", *IMAGE_RUN, f"--model_class={model}", f"--init_model={model}", "--image_size=32",
+               "--method=btune", cwd=work, check=False).stderr.strip().splitlines()[-1]
+    assert line.endswith(f"has no logme_score/logme_weights (B-Tuning needs LogME of {model}); "
+                         f"run: python logme.py --model_class={model} --dataset=digits")

@@ -28,6 +28,10 @@ class Regularizer(nn.Module):
     def __init__(self, student_dim, teacher_dims, cfg):
         super().__init__()
 
+    def start(self, student_features, labels):
+        """Called once before the first step. `student_features()` returns the downstream model's
+        features of the train rows as it starts (computed only when called), `labels` their labels."""
+
     def param_groups(self, cfg):
         """Optimizer groups for this module's own parameters; by default the model's lr and wd."""
         params = [p for p in self.parameters() if p.requires_grad]

@@ -6,6 +6,12 @@ downstream model's own pre-trained features ({model_class}_{dataset}.pt) give M_
 student's features, read through M_s, are pulled towards the teachers' LogME predictions weighted
 by pi = softmax(l / 0.1): R = mean((phi M_s^T - sum_i pi_i psi_i M_i^T)^2). Everything but phi is
 fixed, so the teachers' side is one (C x D) matrix, sum_i pi_i M_i laid side by side.
+
+M_s reads the features the downstream model starts from. A pre-trained student (--init_model)
+starts from its pre-trained features, cached like any other model's. A student trained from random
+weights (the offline demo's tiny_bert) has no such file: its starting features are those of its
+random initialisation, which depend on the seed, so the run computes them itself before the first
+step and fits LogME on them.
 """
 import os
 
@@ -13,14 +19,16 @@ import torch
 
 from aft.errors import UserError
 from aft.features import feature_path, read_features, save_features_command
+from aft.logme import logme
 from aft.methods import Regularizer, register_method
 
 TEMPERATURE = 0.1
 
 
-def logme_keys(train_frac):
-    """The keys logme.py writes: computed on the fixed train_frac subsample when train_frac != 1."""
-    suffix = "" if train_frac == 1 else f"_train_frac={train_frac}"
+def logme_keys(train_frac, use_val):
+    """The keys logme.py writes, for the rows run.py trains on: the fixed train_frac subsample when
+    train_frac != 1, without the held-out validation rows when use_val (their labels stay unseen)."""
+    suffix = ("" if train_frac == 1 else f"_train_frac={train_frac}") + ("_val" if use_val else "")
     return f"logme_score{suffix}", f"logme_weights{suffix}"
 
 
@@ -28,6 +36,8 @@ def logme_command(model, cfg):
     cmd = f"python logme.py --model_class={model} --dataset={cfg.dataset}"
     if cfg.train_frac != 1:
         cmd += f" --train_frac={cfg.train_frac}"
+    if cfg.use_val:
+        cmd += " --use_val=True"
     if cfg.features_dir != "./features":
         cmd += f" --features_dir={cfg.features_dir}"
     return cmd
@@ -42,7 +52,7 @@ def read_logme(model, cfg):
                         f"{save_features_command(model, cfg.dataset, cfg.features_dir)}, "
                         f"then run: {logme_command(model, cfg)}")
     cache = read_features(path, model, cfg.dataset, features_dir=cfg.features_dir)
-    score_key, weights_key = logme_keys(cfg.train_frac)
+    score_key, weights_key = logme_keys(cfg.train_frac, cfg.use_val)
     if score_key not in cache or weights_key not in cache:
         raise UserError(f"{path} has no {score_key}/{weights_key} (B-Tuning needs LogME of "
                         f"{model}); run: {logme_command(model, cfg)}")
@@ -66,6 +76,24 @@ class BTuning(Regularizer):
             if w.shape[1] != dim:
                 raise UserError(f"LogME weights of {name} are {w.shape[1]} wide but its features are {dim} "
                                 f"wide; run again: {logme_command(name, cfg)}")
+        num_classes = weights[0].shape[0]
+        self.from_start = not cfg.init_model
+        if self.from_start:  # M_s is fitted in start(), from the random initialisation's features
+            own = torch.zeros(num_classes, student_dim)
+        else:
+            own = self.read_own_weights(student_dim, cfg)
+        if any(w.shape[0] != num_classes for w in weights + (own,)):
+            raise UserError(f"the LogME weights disagree on the number of classes "
+                            f"({own.shape[0]} for {cfg.model_class}, {[w.shape[0] for w in weights]} for "
+                            f"{', '.join(names)}); run logme.py again on each file")
+        pi = torch.softmax(torch.tensor(scores, dtype=torch.float64) / TEMPERATURE, 0)
+        self.register_buffer("pi", pi.float())
+        self.register_buffer("student_weights", own)  # M_s (C x d)
+        self.register_buffer("teacher_weights", torch.cat([p * w for p, w in zip(pi.float(), weights)], 1))  # (C x D)
+        self.model_class = cfg.model_class
+
+    @staticmethod
+    def read_own_weights(student_dim, cfg):
         _, own = read_logme(cfg.model_class, cfg)
         own_path = feature_path(cfg.features_dir, cfg.model_class, cfg.dataset)
         if own.shape[1] != student_dim:
@@ -74,14 +102,16 @@ class BTuning(Regularizer):
                 f"pre-trained features, {own_path}, which are {own.shape[1]} wide, but {cfg.model_class}'s "
                 f"features (the input of its head) are {student_dim} wide; that file must hold the features "
                 f"of --model_class={cfg.model_class} itself: {save_features_command(cfg.model_class, cfg.dataset, cfg.features_dir)}")
-        if any(w.shape[0] != own.shape[0] for w in weights):
-            raise UserError(f"the LogME weights disagree on the number of classes "
-                            f"({own.shape[0]} for {cfg.model_class}, {[w.shape[0] for w in weights]} for "
-                            f"{', '.join(names)}); run logme.py again on each file")
-        pi = torch.softmax(torch.tensor(scores, dtype=torch.float64) / TEMPERATURE, 0)
-        self.register_buffer("pi", pi.float())
-        self.register_buffer("student_weights", own)  # M_s (C x d)
-        self.register_buffer("teacher_weights", torch.cat([p * w for p, w in zip(pi.float(), weights)], 1))  # (C x D)
+        return own
+
+    def start(self, student_features, labels):
+        if not self.from_start:
+            return
+        features = student_features()
+        score, weights = logme(features, labels, num_classes=self.student_weights.shape[0])
+        self.student_weights.copy_(weights.float())
+        print(f"btune: {self.model_class} starts from random weights, so M_s is LogME of its features at "
+              f"initialisation ({len(labels)} train rows, score {score:.4f})", flush=True)
 
     def forward(self, student_feat, teacher_feat):
         target = teacher_feat @ self.teacher_weights.T  # sum_i pi_i psi_i M_i^T, fixed
