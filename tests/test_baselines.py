@@ -421,7 +421,7 @@ def test_run_every_baseline(workdir, method):
         assert (work / "features" / "teacher_a+teacher_b_digits.ft.pt").exists()
     if method == "btune":  # resnet10t from random weights: no file of its own, its start is read
         assert "btune: resnet10t starts from random weights, so M_s is LogME of its features at initialisation " \
-               "(1437 train rows, score " in out.stdout
+               "(1437 train rows, score " in out.stdout and "the pre-trained side's, so R reacts" in out.stdout
 
 
 def test_run_btune_with_a_pretrained_student(workdir):

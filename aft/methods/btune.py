@@ -110,8 +110,12 @@ class BTuning(Regularizer):
         features = student_features()
         score, weights = logme(features, labels, num_classes=self.student_weights.shape[0])
         self.student_weights.copy_(weights.float())
+        # Random features barely vary between examples, so their readout needs large weights, and
+        # then small moves of phi change R a lot: worth saying, as it decides which betas make sense.
+        scale = float(weights.norm(dim=1).max() / self.teacher_weights.cpu().norm(dim=1).max().clamp(min=1e-12))
         print(f"btune: {self.model_class} starts from random weights, so M_s is LogME of its features at "
-              f"initialisation ({len(labels)} train rows, score {score:.4f})", flush=True)
+              f"initialisation ({len(labels)} train rows, score {score:.4f}); its rows are {scale:.3g}x "
+              f"the pre-trained side's, so R reacts {scale:.3g}x as strongly to phi: try small betas", flush=True)
 
     def forward(self, student_feat, teacher_feat):
         target = teacher_feat @ self.teacher_weights.T  # sum_i pi_i psi_i M_i^T, fixed
