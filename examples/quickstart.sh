@@ -15,12 +15,13 @@ fi
 # Betas: each method's best on the demo's validation split (seed 0, README); override as below.
 AFT_PREC=${AFT_PREC:-10}                      # of 1, 3, 10, 30
 KD_PREC=${KD_PREC:-10}                        # of 1, 10
-RKD_PREC=${RKD_PREC:-10}                      # of 1, 10
-FT_PREC=${FT_PREC:-1}                         # of 1, 10
-BTUNE_PREC=${BTUNE_PREC:-0.1}                 # of 0.001, 0.01, 0.1, 1
-AFT_RBF_PREC=${AFT_RBF_PREC:-10}              # of 1, 10
-AFT_DENSE_PREC=${AFT_DENSE_PREC:-1}           # of 1, 10
-AFT_NO_KERNEL_PREC=${AFT_NO_KERNEL_PREC:-10}  # of 1, 10
+RKD_PREC=${RKD_PREC:-30}                      # of 1, 10, 30, 100
+FT_PREC=${FT_PREC:-30}                        # of 1, 10, 30, 100
+BTUNE_PREC=${BTUNE_PREC:-0.0001}              # of 0.0001, 0.001, 0.01, 0.1, 1 (README: B-Tuning)
+AFT_RBF_PREC=${AFT_RBF_PREC:-30}              # of 1, 10, 30, 100
+AFT_DENSE_PREC=${AFT_DENSE_PREC:-10}          # of 1, 10, 30
+AFT_NO_KERNEL_PREC=${AFT_NO_KERNEL_PREC:-10}  # of 1, 10, 30
+LINEAR_PROBE_LR=${LINEAR_PROBE_LR:-0.03}      # no beta; its lr, of 0.001, 0.01, 0.03, 0.1
 SEEDS=${SEEDS:-"0 1 2"}
 OUT=${OUT:-results/quickstart}
 EXTRA=${EXTRA:-}                              # more run.py flags, e.g. "--steps=300"
@@ -44,8 +45,10 @@ esac
 
 for seed in $SEEDS; do
     for method in $METHODS; do
+        lr=""
+        [ "$method" = linear_probe ] && lr="--lr=$LINEAR_PROBE_LR"
         # shellcheck disable=SC2086  # EXTRA is a list of flags
-        python "$ROOT/run.py" --seed="$seed" --method="$method" --prec="$(prec_of "$method")" --out_dir="$OUT" $EXTRA
+        python "$ROOT/run.py" --seed="$seed" --method="$method" --prec="$(prec_of "$method")" $lr --out_dir="$OUT" $EXTRA
     done
 done
 

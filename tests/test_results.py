@@ -170,17 +170,18 @@ def test_quickstart_script_runs_each_method_at_its_beta(tmp_path):
     EfficientNet-Lite2 features, 2 steps): one run per method at its beta, then the table; a method
     without a beta stops the script before any run."""
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
-               HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", METHODS="init aft_dense",
-               AFT_DENSE_PREC="3", SEEDS="0", OUT="res",
+               HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", METHODS="init aft_dense linear_probe",
+               AFT_DENSE_PREC="3", LINEAR_PROBE_LR="0.05", SEEDS="0", OUT="res",
                EXTRA="--dataset=digits --model_class=resnet10t --image_size=16 "
                      "--pretrained_models=efficientnet_lite2 --steps=2 --eval_steps=2 --batch_size=32")
     script = os.path.join(ROOT, "examples", "quickstart.sh")
     out = subprocess.run(["sh", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr
     assert sorted(os.listdir(tmp_path / "res")) == ["digits_resnet10t_aft_dense_prec3_lr0.001_seed0.json",
-                                                    "digits_resnet10t_init_prec0_lr0.001_seed0.json"]
+                                                    "digits_resnet10t_init_prec0_lr0.001_seed0.json",
+                                                    "digits_resnet10t_linear_probe_prec0_lr0.05_seed0.json"]
     assert "| digits | resnet10t | efficientnet_lite2 | aft_dense | 3 |" in out.stdout
     env["METHODS"] = "init nope"
     out = subprocess.run(["sh", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "no beta for method nope: set NOPE_PREC" in out.stderr
-    assert len(os.listdir(tmp_path / "res")) == 2  # nothing ran
+    assert len(os.listdir(tmp_path / "res")) == 3  # nothing ran
