@@ -14,7 +14,7 @@ if [ "$METHODS" = all ]; then
 fi
 # Betas: each method's best on the demo's validation split (seed 0, README); override as below.
 AFT_PREC=${AFT_PREC:-10}                      # of 1, 3, 10, 30
-KD_PREC=${KD_PREC:-10}                        # of 1, 10
+KD_PREC=${KD_PREC:-10}                        # of 1, 10, 30
 RKD_PREC=${RKD_PREC:-30}                      # of 1, 10, 30, 100
 FT_PREC=${FT_PREC:-30}                        # of 1, 10, 30, 100
 BTUNE_PREC=${BTUNE_PREC:-0.0001}              # of 0.0001, 0.001, 0.01, 0.1, 1 (README: B-Tuning)
@@ -40,7 +40,9 @@ for method in $METHODS; do
     prec_of "$method" > /dev/null  # an unknown method stops here, before any run
 done
 case " $METHODS " in
-    *" btune "*) python "$ROOT/logme.py" ;;  # B-Tuning reads LogME of MiniLM's features (seconds)
+    *" btune "*)  # B-Tuning reads LogME of MiniLM's features (seconds), so they are cached first
+        [ -f features/all-MiniLM-L6-v2_tweets.pt ] || python "$ROOT/save_features.py"
+        python "$ROOT/logme.py" ;;
 esac
 
 for seed in $SEEDS; do
