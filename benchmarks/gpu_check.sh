@@ -10,7 +10,7 @@
 #      (AFT and init), eager                                                   timeout  90 s
 #   2. benchmarks/extract.py at full size: DINOv2 ViT-G/14 @518, CLIP ViT-G/14 @224     timeout 120 s
 #   3. the embedded demo (run.py's defaults: tiny_bert on tweets, AFT from MiniLM) trained in bf16
-#      and in fp32 on the GPU: final test accuracies side by side               timeout  75 s
+#      and in fp32 on the GPU, up to 3 seeds: final test accuracies side by side   timeout  95 s
 #   4. benchmarks/train_step.py --compile for ViT-S (AFT and init)              timeout 140 s
 # Part 3 needs the demo's data, tokenizer and cached MiniLM features, which that machine lacks: run
 # `--prepare` here, then carry the ignored folder `features` (the cache plus features/.gpu_site, a
@@ -85,7 +85,7 @@ part() {  # part NAME SECONDS COMMAND...: COMMAND under a timeout; its JSON line
 
 part train_eager 90 $PY benchmarks/train_step.py
 part extract 120 $PY benchmarks/extract.py
-part demo_bf16_vs_fp32 75 $PY - <<'EOF'
+part demo_bf16_vs_fp32 95 $PY - <<'EOF'
 import importlib.util, json, os, sys, time
 sys.path.insert(0, os.getcwd())
 rec = dict(bench="demo_bf16_vs_fp32")
@@ -98,8 +98,8 @@ if missing or not os.path.exists("features/all-MiniLM-L6-v2_tweets.pt"):
 from aft.train import Config, run
 out = os.path.join(os.environ.get("OUT", "."), "demo_results")
 started, acc = time.time(), {}
-for seed in (0, 1):
-    if seed and time.time() - started > 25:  # a second seed only when the first pair was quick
+for seed in (0, 1, 2):  # the issue asks for 3 seeds; another pair only when it fits the part's 95 s
+    if seed and (time.time() - started) * (seed + 1) / seed > 85:
         break
     for precision in ("bf16", "fp32"):  # fp32 on CUDA: fp32 weights and activations, TF32 matmuls
         t = time.time()
