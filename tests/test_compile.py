@@ -1,0 +1,47 @@
+"""--compile runs the same computation as eager, in whole graphs, without recompiling per batch width
+(text batches are cut to their own longest example, so widths vary from step to step)."""
+import os
+import shutil
+import sysconfig
+
+import pytest
+import torch
+
+from aft.datasets import load_task
+from aft.features import make_meta, write_features
+from aft.train import Config, run
+
+
+# Inductor builds C++ against Python's headers on a CPU.
+CAN_BUILD = any(shutil.which(c) for c in ("c++", "g++", "clang++")) and \
+    os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
+
+
+@pytest.mark.skipif(not CAN_BUILD, reason="torch.compile on a CPU needs a C++ compiler and Python's headers: "
+                                          "apt install g++ python3-dev")
+def test_compiled_text_run_matches_eager(tmp_path, monkeypatch):
+    import torch._inductor.config as inductor_config
+    from torch._dynamo.utils import counters
+    # Inductor draws its own random numbers by default, so dropout masks would differ from eager's.
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    task = load_task("tweets")
+    g = torch.Generator().manual_seed(0)
+    train, test = torch.randn(len(task.train), 384, generator=g), torch.randn(len(task.test), 384, generator=g)
+    write_features(str(tmp_path / "features" / "all-MiniLM-L6-v2_tweets.pt"), train, test,
+                   make_meta("all-MiniLM-L6-v2", "tweets", train, test))
+
+    def demo(compile):
+        return run(Config(steps=6, eval_steps=3, train_frac=0.02, use_val=True, compile=compile,
+                          features_dir=str(tmp_path / "features"), out_dir=str(tmp_path / "results"),
+                          run_name=f"compile_{compile}"))["evals"]
+
+    eager = demo(False)
+    counters.clear()
+    compiled = demo(True)
+    assert 1 <= counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert [e["step"] for e in compiled] == [3, 6]
+    for a, b in zip(eager, compiled):
+        for key in ("loss", "ce", "reg"):
+            assert abs(a[key] - b[key]) <= 1e-5 * abs(a[key]), (key, a, b)
+        assert a["acc"] == b["acc"]
