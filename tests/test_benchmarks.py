@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from tests.conftest import needs_cpp_compiler
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATE_KEYS = {"bench", "pipeline", "model", "device", "precision", "batch_size", "image_size", "seconds",
@@ -42,6 +44,15 @@ def test_train_step_tiny():
         summary = rows[("summary", None)]
         assert summary["speedup_vs_upstream"] > 0 and summary["aft_over_init"] > 0
         assert summary["targets"] == {"speedup_vs_upstream": 8.0, "aft_over_init": 1.05}
+
+
+@needs_cpp_compiler
+def test_train_step_compiled_tiny():
+    """The path gpu_check.sh times last: the project's step under torch.compile."""
+    lines = run_bench("train_step.py", "--compile", "--no_upstream", "--models=test_vit", "--methods=aft")
+    (row,) = [r for r in lines if r["pipeline"] == "project"]
+    check_rates(row)
+    assert row["compile"] and row["loss_finite"] and row["method"] == "aft" and row["gflops_per_step"] > 0
 
 
 def test_extract_tiny():

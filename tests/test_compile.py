@@ -1,24 +1,14 @@
 """--compile runs the same computation as eager, in whole graphs, without recompiling per batch width
 (text batches are cut to their own longest example, so widths vary from step to step)."""
-import os
-import shutil
-import sysconfig
-
-import pytest
 import torch
 
 from aft.datasets import load_task
 from aft.features import make_meta, write_features
 from aft.train import Config, run
+from tests.conftest import needs_cpp_compiler
 
 
-# Inductor builds C++ against Python's headers on a CPU.
-CAN_BUILD = any(shutil.which(c) for c in ("c++", "g++", "clang++")) and \
-    os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
-
-
-@pytest.mark.skipif(not CAN_BUILD, reason="torch.compile on a CPU needs a C++ compiler and Python's headers: "
-                                          "apt install g++ python3-dev")
+@needs_cpp_compiler
 def test_compiled_text_run_matches_eager(tmp_path, monkeypatch):
     import torch._inductor.config as inductor_config
     from torch._dynamo.utils import counters
