@@ -18,7 +18,8 @@ copied per batch, model forward, the same AFT loss, torch.optim.Adam with its de
 `loss.item()` every step. Its timed window includes the loader, since that is where its time goes.
 
 Each pipeline runs method `aft`; the project's also runs `init` (no regulariser), so `aft_over_init`
-is AFT's overhead. FLOPs are counted with torch.utils.flop_counter on one step (attention through
+is AFT's overhead; on CUDA, `host_syncs_per_step` counts the times one project step makes the host
+wait for the GPU (0 expected). FLOPs are counted with torch.utils.flop_counter on one step (attention through
 the math kernel so it is counted too). Nothing here asserts on time.
 """
 import argparse
@@ -94,6 +95,23 @@ def count_flops():
     counter = FlopCounterMode(display=False)
     with sdpa_kernel([SDPBackend.MATH]), counter:
         yield counter.get_total_flops
+
+
+def host_syncs(device, fn, *args):
+    """How many times one call of fn makes the host wait for the device (CUDA's sync debug mode
+    warns at each); None off CUDA. A step that never waits lets the host run ahead of the GPU."""
+    if device.type != "cuda":
+        return None
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn(*args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    sync(device)  # outside the debug mode: this wait is the benchmark's, not the step's
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def rates(record, seconds, items, flops_per_item, peak):
@@ -178,6 +196,7 @@ def bench_project(args, name, method, task, psi, device, precision, peak):
         trainer.step(idx)
     sync(device)
     warmup_s = time.perf_counter() - started
+    syncs = host_syncs(device, trainer.step, device_batches[-1])  # one more, untimed step
     t0 = time.perf_counter()
     for idx in device_batches[1 + args.warmup:]:
         losses = trainer.step(idx)
@@ -189,7 +208,7 @@ def bench_project(args, name, method, task, psi, device, precision, peak):
                   precision=precision, compile=args.compile, batch_size=args.batch_size, image_size=size,
                   teacher_dim=psi.shape[1] if teacher else 0, steps=args.steps, warmup_s=round(warmup_s, 2),
                   ms_per_step=round(1000 * seconds / args.steps, 3), gflops_per_step=round(step_flops / 1e9, 2),
-                  loss_finite=finite, max_mem_gb=max_mem_gb(device))
+                  loss_finite=finite, host_syncs_per_step=syncs, max_mem_gb=max_mem_gb(device))
     del trainer
     return rates(record, seconds, args.batch_size * args.steps, step_flops / args.batch_size, peak)
 

@@ -55,6 +55,28 @@ def test_train_step_compiled_tiny():
     assert row["compile"] and row["loss_finite"] and row["method"] == "aft" and row["gflops_per_step"] > 0
 
 
+def test_host_syncs_counts_the_warnings_of_cuda_sync_debug_mode(monkeypatch):
+    """host_syncs' CUDA branch without a GPU: the debug mode is switched on around the call only,
+    and each 'synchronizing' warning the call raises is one wait."""
+    import warnings
+    import torch
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import train_step
+    modes = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: modes.append("synchronize"))
+
+    def step(n):
+        for _ in range(n):
+            warnings.warn("called a synchronizing CUDA operation")
+        warnings.warn("an unrelated warning")
+
+    assert train_step.host_syncs(torch.device("cuda"), step, 2) == 2
+    assert modes == ["warn", "default", "synchronize"]
+    assert train_step.host_syncs(torch.device("cuda"), step, 0) == 0
+    assert train_step.host_syncs(torch.device("cpu"), step, 3) is None
+
+
 def test_extract_tiny():
     lines = run_bench("extract.py")
     models = {r["model"] for r in lines[1:]}
