@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 from tests.conftest import needs_cpp_compiler
 
 
@@ -13,13 +15,14 @@ RATE_KEYS = {"bench", "pipeline", "model", "device", "precision", "batch_size", 
              "images_per_s", "tflops"}
 
 
-def run_bench(script, *flags):
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+def run_bench(script, *flags, env=True):
+    """The benchmark's JSON lines (with env=True, the first must describe the machine)."""
+    environ = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--tiny", "--device=cpu", *flags],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                         cwd=ROOT, env=environ, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]  # every line is JSON
-    assert lines and lines[0]["pipeline"] == "env"
+    assert lines and (not env or lines[0]["pipeline"] == "env")
     return lines
 
 
@@ -91,6 +94,28 @@ def test_extract_tiny():
         assert rows["project"]["images"] == 24 and rows["upstream"]["images"] == 8
         assert rows["project"]["dim"] == rows["upstream"]["dim"]
         assert rows["summary"]["speedup_vs_upstream"] > 0
+
+
+def test_demo_precision_tiny(tmp_path):
+    """bf16 against fp32 on the demo's path, seed by seed; each run's JSON records its precision."""
+    from aft.datasets import load_task
+    from aft.features import make_meta, write_features
+    task = load_task("tweets")
+    train, test = torch.randn(len(task.train), 384), torch.randn(len(task.test), 384)
+    write_features(str(tmp_path / "features" / "all-MiniLM-L6-v2_tweets.pt"), train, test,
+                   make_meta("all-MiniLM-L6-v2", "tweets", train, test))
+    lines = run_bench("demo_precision.py", f"--features_dir={tmp_path / 'features'}",
+                      f"--out_dir={tmp_path / 'results'}", env=False)
+    runs, (summary,) = lines[:-1], lines[-1:]
+    assert [(r["seed"], r["precision"]) for r in runs] == [(0, "bf16"), (0, "fp32"), (1, "bf16"), (1, "fp32")]
+    for r in runs:
+        saved = json.load(open(tmp_path / "results" / f"demo_{r['precision']}_seed{r['seed']}.json"))
+        assert saved["precision"] == r["precision"] and saved["steps"] == 4 and saved["final_acc"] == r["final_acc"]
+    assert summary["pipeline"] == "summary" and summary["seeds"] == 2
+    assert summary["bf16_minus_fp32"] == [round(runs[i]["final_acc"] - runs[i + 1]["final_acc"], 4) for i in (0, 2)]
+
+    (skipped,) = run_bench("demo_precision.py", f"--features_dir={tmp_path / 'none'}", env=False)
+    assert "no cached features" in skipped["skipped"] and "save_features.py" in skipped["skipped"]
 
 
 def test_gpu_check_script_parses():
