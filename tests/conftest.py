@@ -21,3 +21,18 @@ needs_cpp_compiler = pytest.mark.skipif(
 def cfg():
     from aft.train import Config
     return Config()
+
+
+@pytest.fixture
+def demo_features(tmp_path):
+    """A features folder holding random 'all-MiniLM-L6-v2' features of the tweets, in the cache's
+    format and shape: the demo's path runs without the 5-minute extraction."""
+    import torch
+    from aft.datasets import load_task
+    from aft.features import make_meta, write_features
+    task = load_task("tweets")
+    g = torch.Generator().manual_seed(0)
+    train, test = torch.randn(len(task.train), 384, generator=g), torch.randn(len(task.test), 384, generator=g)
+    write_features(str(tmp_path / "features" / "all-MiniLM-L6-v2_tweets.pt"), train, test,
+                   make_meta("all-MiniLM-L6-v2", "tweets", train, test))
+    return tmp_path / "features"

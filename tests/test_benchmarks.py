@@ -5,8 +5,6 @@ import os
 import subprocess
 import sys
 
-import torch
-
 from tests.conftest import needs_cpp_compiler
 
 
@@ -96,15 +94,9 @@ def test_extract_tiny():
         assert rows["summary"]["speedup_vs_upstream"] > 0
 
 
-def test_demo_precision_tiny(tmp_path):
+def test_demo_precision_tiny(tmp_path, demo_features):
     """bf16 against fp32 on the demo's path, seed by seed; each run's JSON records its precision."""
-    from aft.datasets import load_task
-    from aft.features import make_meta, write_features
-    task = load_task("tweets")
-    train, test = torch.randn(len(task.train), 384), torch.randn(len(task.test), 384)
-    write_features(str(tmp_path / "features" / "all-MiniLM-L6-v2_tweets.pt"), train, test,
-                   make_meta("all-MiniLM-L6-v2", "tweets", train, test))
-    lines = run_bench("demo_precision.py", f"--features_dir={tmp_path / 'features'}",
+    lines = run_bench("demo_precision.py", f"--features_dir={demo_features}",
                       f"--out_dir={tmp_path / 'results'}", env=False)
     runs, (summary,) = lines[:-1], lines[-1:]
     assert [(r["seed"], r["precision"]) for r in runs] == [(0, "bf16"), (0, "fp32"), (1, "bf16"), (1, "fp32")]

@@ -76,14 +76,10 @@ def test_missing_features_are_computed_on_the_spot(tmp_path):
     assert torch.load(tmp_path / "features" / "efficientnet_lite2_digits.pt", weights_only=True)["train"].shape == (1437, 1280)
 
 
-def test_text_run_with_cached_features(tmp_path):
+def test_text_run_with_cached_features(tmp_path, demo_features):
     """The offline text demo's path (tweets, tiny BERT) on a few steps, with a cache of the right shape."""
     from aft.datasets import load_task
-    from aft.features import make_meta, write_features
     task = load_task("tweets")
-    train, test = torch.randn(len(task.train), 384), torch.randn(len(task.test), 384)
-    write_features(str(tmp_path / "features" / "all-MiniLM-L6-v2_tweets.pt"), train, test,
-                   make_meta("all-MiniLM-L6-v2", "tweets", train, test))
     cli("run.py", "--steps=4", "--eval_steps=2", "--train_frac=0.02", "--use_val=True", "--run_name=text", cwd=tmp_path)
     res = json.load(open(tmp_path / "results" / "text.json"))
     assert res["config"]["model_class"] == "tiny_bert" and res["config"]["method"] == "aft"

@@ -1,28 +1,19 @@
 """--compile runs the same computation as eager, in whole graphs, without recompiling per batch width
 (text batches are cut to their own longest example, so widths vary from step to step)."""
-import torch
-
-from aft.datasets import load_task
-from aft.features import make_meta, write_features
 from aft.train import Config, run
 from tests.conftest import needs_cpp_compiler
 
 
 @needs_cpp_compiler
-def test_compiled_text_run_matches_eager(tmp_path, monkeypatch):
+def test_compiled_text_run_matches_eager(tmp_path, monkeypatch, demo_features):
     import torch._inductor.config as inductor_config
     from torch._dynamo.utils import counters
     # Inductor draws its own random numbers by default, so dropout masks would differ from eager's.
     monkeypatch.setattr(inductor_config, "fallback_random", True)
-    task = load_task("tweets")
-    g = torch.Generator().manual_seed(0)
-    train, test = torch.randn(len(task.train), 384, generator=g), torch.randn(len(task.test), 384, generator=g)
-    write_features(str(tmp_path / "features" / "all-MiniLM-L6-v2_tweets.pt"), train, test,
-                   make_meta("all-MiniLM-L6-v2", "tweets", train, test))
 
     def demo(compile):
         return run(Config(steps=6, eval_steps=3, train_frac=0.02, use_val=True, compile=compile,
-                          features_dir=str(tmp_path / "features"), out_dir=str(tmp_path / "results"),
+                          features_dir=str(demo_features), out_dir=str(tmp_path / "results"),
                           run_name=f"compile_{compile}"))["evals"]
 
     eager = demo(False)
