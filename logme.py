@@ -1,4 +1,4 @@
-"""Score a cached feature file with LogME and store the score and weights in it (B-Tuning, SPEC 4).
+"""Score a cached feature file with LogME and store the score and weights in it (B-Tuning).
 
     python logme.py --model_class=vit_small_patch16_224.augreg_in1k --dataset=cifar10
     python logme.py --model_class=efficientnet_lite2 --dataset=digits --train_frac=0.1
@@ -13,7 +13,8 @@ from absl import app, flags
 
 from aft.datasets import load_task, train_eval_indices
 from aft.errors import UserError, main_guard
-from aft.features import atomic_save, feature_path, read_features
+from aft.features import DEFAULT_FEATURES_DIR, feature_path, read_features
+from aft.files import atomic_save
 from aft.logme import logme
 from aft.methods.btune import logme_keys
 from aft.runtime import resolve_device
@@ -22,7 +23,7 @@ flags.DEFINE_string("model_class", "all-MiniLM-L6-v2", "the model whose cached f
 flags.DEFINE_string("dataset", "tweets", "dataset name")
 flags.DEFINE_float("train_frac", 1.0, "score the fixed subsample of the train split that run.py --train_frac uses")
 flags.DEFINE_bool("use_val", False, "leave out the validation rows run.py --use_val=True holds out")
-flags.DEFINE_string("features_dir", "./features", "folder of the feature cache")
+flags.DEFINE_string("features_dir", DEFAULT_FEATURES_DIR, "folder of the feature cache")
 flags.DEFINE_string("data_dir", "", "folder of datasets on disk")
 flags.DEFINE_string("device", "auto", "auto, cpu, cuda, cuda:N")
 FLAGS = flags.FLAGS

@@ -4,20 +4,21 @@
     python run.py --method=init            # standard transfer learning on the same task
     python run.py --helpfull               # every flag
 
-Flags keep the names and meanings of the paper's code; the defaults live in aft.train.Config.
+Flags keep the names and meanings of the paper's code; the defaults live in aft.config.Config.
 """
 from dataclasses import fields
 
 from absl import app, flags
 
+from aft.config import Config
 from aft.errors import main_guard
-from aft.train import Config, run
+from aft.experiment import run
 
 HELP = {
     "seed": "random seed (model init, batch order, dropout)",
     "model_class": "downstream model: timm name, Hugging Face id or folder, or an embedded one (tiny_bert)",
     "init_model": "start from this model's pre-trained weights (= model_class); empty: random init",
-    "dataset": "dataset name (see aft/datasets.py)",
+    "dataset": "dataset name (see aft/datasets/)",
     "pretrained_models": "comma-separated pre-trained models whose cached features are concatenated",
     "train_frac": "fraction of the training set used, in (0, 1]",
     "use_val": "hold out 10%% of train (fixed split seed 42) and evaluate on it instead of test",

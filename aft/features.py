@@ -1,77 +1,28 @@
-"""The feature cache: `features/{model}_{dataset}.pt` (SPEC 5).
+"""The feature cache: `features/{model}_{dataset}.pt`.
 
 A cache is a plain dict of tensors and plain values, so it loads with `weights_only=True` (no
 pickled code runs) and is written to a temporary file that is renamed into place, so a crash never
 leaves a half-written file that a later run would read as valid.
 """
 import os
-import re
-import tempfile
 import time
 
 import torch
 
 from aft.errors import UserError
+from aft.files import atomic_save, safe_load
+
+DEFAULT_FEATURES_DIR = "./features"  # the paper's folder; every script's --features_dir default
 
 
 def feature_path(features_dir, model, dataset):
-    # A model name with '/' (Hugging Face ids) makes sub-folders, as SPEC 5 says.
+    # A model name with '/' (Hugging Face ids) makes sub-folders, like the paper's cache.
     return os.path.join(features_dir, f"{model}_{dataset}.pt")
 
 
-def save_features_command(model, dataset, features_dir="./features"):
+def save_features_command(model, dataset, features_dir=DEFAULT_FEATURES_DIR):
     return (f"python save_features.py --model_class={model} --dataset={dataset} "
             f"--save_path={feature_path(features_dir, model, dataset)}")
-
-
-def atomic_save(obj, path):
-    """torch.save to a temporary file beside `path`, fsync, then rename over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a cache is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    remove_stale_temps(folder)
-
-
-STALE_TEMP_SECONDS = 3600
-
-
-def remove_stale_temps(folder):
-    """A kill -9 mid-write leaves a `.tmp-*.pt` beside the target. Nothing ever reads one (the target
-    name is only ever made by the rename), and one unmodified for an hour is no longer being written
-    by anyone, so it is deleted here to give the disk space back."""
-    now = time.time()
-    for name in os.listdir(folder):
-        if name.startswith(".tmp-") and name.endswith(".pt"):
-            stale = os.path.join(folder, name)
-            try:
-                if now - os.path.getmtime(stale) > STALE_TEMP_SECONDS:
-                    os.remove(stale)
-            except OSError:
-                pass  # another process removed it first
-
-
-def safe_load(path, what="file"):
-    """torch.load with weights_only=True; a corrupt, truncated or code-carrying file is a UserError."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # torch raises several types for a bad archive or a refused pickle
-        first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a readable {what} ({first}); delete it and create it again")
 
 
 def make_meta(model, dataset, train, test, **extra):
@@ -90,7 +41,7 @@ def write_features(path, train, test, meta):
     atomic_save({"train": train.contiguous(), "test": test.contiguous(), "meta": meta}, path)
 
 
-def read_features(path, model=None, dataset=None, n_train=None, n_test=None, features_dir="./features"):
+def read_features(path, model=None, dataset=None, n_train=None, n_test=None, features_dir=DEFAULT_FEATURES_DIR):
     """Load a cache and check it against what the caller trains on; any mismatch is a UserError."""
     if not os.path.exists(path):
         raise UserError(f"missing feature file {path}; create it with: "

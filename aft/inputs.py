@@ -1,4 +1,4 @@
-"""Inputs preprocessed once (SPEC 8): token ids for text, decoded uint8 pixels for images.
+"""Inputs preprocessed once: token ids for text, decoded uint8 pixels for images.
 
 Tokenising and decoding are the same every epoch, so they happen once here and the results live on
 the device; a training step then only indexes those tensors (and, for images, resizes and
@@ -15,7 +15,7 @@ class TextInputs:
 
     def __init__(self, texts, tokenizer, max_length=None, truncation_side="right"):
         max_length = max_length or tokenizer.model_max_length
-        if max_length > 10_000:  # some tokenizers report a huge sentinel: SPEC 6 caps them at 512
+        if max_length > 10_000:  # some tokenizers report a huge sentinel: cap them at 512, as the paper's code does
             max_length = 512
         tokenizer.truncation_side = truncation_side
         if tokenizer.pad_token is None:  # decoder-only LMs ship without one; pad with EOS

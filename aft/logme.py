@@ -1,4 +1,4 @@
-"""LogME (You et al., ICML 2021; the fixed-point equations of arXiv 2110.10545): SPEC 4.
+"""LogME (You et al., ICML 2021; the fixed-point equations of arXiv 2110.10545).
 
 Why it is written this way:
 - Every class shares the features F, so one eigen-decomposition (of F^T F, or of the smaller F F^T

@@ -1,74 +1,52 @@
-"""`linear_probe`: a linear classifier on the cached pre-trained features alone (SPEC 3).
-
-No downstream model: the concatenated cached train features of the run's rows are the inputs of one
-linear layer trained with CE, with the run's optimizer, lr, wd, batch size, steps and cosine schedule,
-evaluated every `eval_steps` on the test features (or, with use_val, on the held-out train rows).
-It writes the same results JSON as aft.train.run. It is cheap, so it keeps no checkpoint.
-"""
-import math
-import time
-
+"""The trainer of a method that trains no downstream model (`linear_probe`): the method's own
+classifier on the concatenated cached features of the run's rows, with the run's optimizer, lr, wd,
+batch size, steps and cosine schedule. It follows aft.loop's trainer protocol, so it gets the same
+loop: evaluations, checkpoints and resume, the NaN stop, the results JSON."""
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from aft.errors import UserError
+from aft.loop import cosine_schedule, make_optimizer
 from aft.methods import get_method
-from aft.train import cosine_schedule, epoch_batches, finish_run, make_optimizer, start_wandb
 
 
-def run_probe(cfg, task, caches, train_idx, val_idx, device, run_name, started):
-    """Train and evaluate the probe on `caches` (the loaded feature files); returns aft.train.run's
-    results dict and writes the same results JSON."""
-    train_all = torch.cat([c["train"] for c in caches], 1).float()
-    x_train, y_train = train_all[train_idx].to(device), task.train.labels[train_idx].to(device)
-    if cfg.use_val:
-        x_eval, y_eval = train_all[val_idx].to(device), task.train.labels[val_idx].to(device)
-    else:
-        x_eval, y_eval = torch.cat([c["test"] for c in caches], 1).float().to(device), task.test.labels.to(device)
-    del train_all
 
-    model = nn.Linear(x_train.shape[1], task.num_classes).to(device)
-    method = get_method(cfg.method)(x_train.shape[1], [c["train"].shape[1] for c in caches], cfg)
-    optimizer = make_optimizer(cfg, model, method, device)
-    steps = cfg.steps * task.step_multiplier  # 4 on mnli, qqp, qnli (the paper's), as aft.train
-    scheduler = cosine_schedule(optimizer, steps)
+class ProbeTrainer:
+    def __init__(self, cfg, task, train_idx, eval_split, teachers, device, precision):
+        self.cfg, self.device, self.precision = cfg, device, "fp32"  # a linear layer: no autocast
+        self.x_train = torch.cat(teachers.train, 1).float().to(device)
+        self.y_train = task.train.labels[train_idx].to(device)
+        self.x_eval = torch.cat(teachers.eval, 1).float().to(device)
+        self.y_eval = eval_split.labels.to(device)
+        self.n_train, self.n_eval = len(self.y_train), len(self.y_eval)
+        self.model = get_method(cfg.method)(teachers.dims, task.num_classes).to(device)
+        self.steps = cfg.steps * task.step_multiplier  # 4 on mnli, qqp, qnli (the paper's), as a student's
+        self.optimizer = make_optimizer([{"params": list(self.model.parameters())}], cfg, device)
+        self.scheduler = cosine_schedule(self.optimizer, self.steps)
+        self.zero = torch.zeros((), device=device)  # R: nothing is regularised
+
+    def widths(self, batches):
+        return [None] * len(batches)
+
+    def step(self, idx, width=None):
+        loss = F.cross_entropy(self.model(self.x_train[idx]), self.y_train[idx])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        loss = loss.detach()
+        return loss, loss, self.zero
 
     @torch.no_grad()
-    def evaluate():
-        correct = sum((model(x).argmax(-1) == y).sum() for x, y in
-                      zip(x_eval.split(cfg.eval_batch_size), y_eval.split(cfg.eval_batch_size)))
-        return int(correct) / len(y_eval)
+    def evaluate(self):
+        correct = sum((self.model(x).argmax(-1) == y).sum() for x, y in
+                      zip(self.x_eval.split(self.cfg.eval_batch_size), self.y_eval.split(self.cfg.eval_batch_size)))
+        return int(correct) / self.n_eval
 
-    wandb_run = start_wandb(cfg, run_name) if cfg.use_wandb else None
-    split = "val" if cfg.use_val else "test"
-    n_train = len(y_train)
-    batches_per_epoch = max(1, n_train // min(cfg.batch_size, n_train))
-    step, since, evals = 0, 0, []
-    loss_sum = torch.zeros((), device=device)
-    while step < steps:
-        for idx in epoch_batches(n_train, cfg.batch_size, cfg.seed, step // batches_per_epoch):
-            idx = idx.to(device)
-            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach()
-            step += 1
-            if step % cfg.eval_steps == 0 or step == steps:
-                loss_m = (loss_sum / (step - since)).item()
-                if not math.isfinite(loss_m):
-                    raise UserError(f"the loss of the linear probe became NaN or inf by step {step}; lower --lr")
-                acc = evaluate()
-                evals.append(dict(step=step, loss=loss_m, ce=loss_m, reg=0.0, acc=acc))
-                loss_sum.zero_()
-                since = step
-                print(f"step {step}/{steps} | loss {loss_m:.4f} | {split}_acc {acc:.4f} | "
-                      f"{time.time() - started:.0f}s", flush=True)
-                if wandb_run is not None:
-                    wandb_run.log({"loss": loss_m, "ce": loss_m, f"{split}_acc": acc}, step=step)
-            if step >= steps:
-                break
+    def state_dict(self):
+        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict())
 
-    return finish_run(cfg, run_name, steps, split, n_train, len(y_eval), evals, device, "fp32", started, wandb_run)
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])

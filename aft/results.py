@@ -23,17 +23,17 @@ import statistics
 import sys
 from collections import defaultdict
 
+from aft.config import BOOKKEEPING
 from aft.errors import UserError, main_guard
+from aft.methods import METHODS
 
-BASELINE = "init"  # standard transfer learning: its error is the unit of the last column
-NO_BETA = ("init",)  # methods with R = 0: their beta changes nothing, so it is not a hyperparameter
+# The method whose error is the unit of the last column: standard transfer learning.
+BASELINE = next(name for name, method in METHODS.items() if method.baseline)
 # Flags that do not change what a run computes (where files go, logging, speed), plus those the
 # table handles itself. Every other flag (steps, batch_size, optimizer, ...) is part of a run's
 # "setting": runs of different settings are never averaged together.
-NOT_SETTING = {"seed", "prec", "lr", "use_val", "dataset", "model_class", "pretrained_models", "method", "train_frac",
-               "run_name", "out_dir", "ckpt_dir", "resume", "use_wandb", "wandb_project", "wandb_group",
-               "features_dir", "data_dir", "device", "compile", "eval_steps", "eval_batch_size",
-               "extract_batch_size"}
+NOT_SETTING = BOOKKEEPING | {"seed", "prec", "lr", "use_val", "dataset", "model_class", "pretrained_models",
+                             "method", "train_frac"}
 # Flags one method ignores and another uses: left out when a method is matched with its baseline.
 METHOD_SPECIFIC = {"learn_scales", "prior_lr", "no_augment"}
 
@@ -62,11 +62,12 @@ def read_record(path):
             res = json.load(f)
         cfg = res["config"]
         method = cfg["method"]
+        facts = METHODS[method]
         return dict(
             dataset=cfg["dataset"], model=cfg["model_class"], method=method,
-            teachers="" if method == BASELINE else cfg.get("pretrained_models", ""),
+            teachers=cfg.get("pretrained_models", "") if facts.uses_teacher else "",
             train_frac=float(cfg.get("train_frac", 1.0)),
-            prec=0.0 if method in NO_BETA else float(cfg["prec"]), lr=float(cfg["lr"]), seed=int(cfg["seed"]),
+            prec=float(cfg["prec"]) if facts.takes_beta else 0.0, lr=float(cfg["lr"]), seed=int(cfg["seed"]),
             split="val" if cfg.get("use_val") or res.get("eval_split") == "val" else "test",
             setting=tuple(sorted((k, v if isinstance(v, (str, int, float, bool, type(None))) else json.dumps(v))
                                  for k, v in cfg.items() if k not in NOT_SETTING)),
@@ -180,7 +181,7 @@ def markdown(rows):
         cells = [r["dataset"], r["model"], r["teachers"] or "-", r["method"]] + \
             ([f"{r['train_frac']:g}"] if show_frac else []) + \
             ([setting_text(r["setting"], setting_keys)] if setting_keys else []) + \
-            ["-" if r["method"] in NO_BETA else f"{r['prec']:g}"] + ([f"{r['lr']:g}"] if show_lr else []) + \
+            [f"{r['prec']:g}" if METHODS[r["method"]].takes_beta else "-"] + ([f"{r['lr']:g}"] if show_lr else []) + \
             [chosen_text[r["chosen_on"]], _pct(r["val_mean"]), test, str(r["n"]),
              "-" if r["norm_err"] is None else f"{r['norm_err']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -11,24 +11,23 @@ must be cached already (`python save_features.py`): this check trains, it does n
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import statistics
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# common before aft: it keeps the Hugging Face hub offline
+from common import emit as emit_json, parse_with_tiny
 
-from aft.features import feature_path  # noqa: E402
-from aft.train import Config, run  # noqa: E402
+from aft.config import Config
+from aft.experiment import run
+from aft.features import feature_path
 
 PRECISIONS = ("bf16", "fp32")
 
 
 def emit(record):
-    print(json.dumps(dict(bench="demo_bf16_vs_fp32", **record)), flush=True)
+    emit_json(dict(bench="demo_bf16_vs_fp32", **record))
 
 
 def parse_args(argv=None):
@@ -42,10 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--features_dir", default=Config.features_dir)
     p.add_argument("--out_dir", default=os.path.join(os.environ.get("OUT", "."), "demo_results"))
     p.add_argument("--tiny", action="store_true", help="4 steps on 2%% of the train rows, one evaluation, 2 seeds")
-    args = p.parse_args(argv)
-    if args.tiny:
-        args.steps, args.eval_steps, args.train_frac, args.seeds = 4, 4, 0.02, min(args.seeds, 2)
-    return args
+    return parse_with_tiny(p, argv, dict(steps=4, eval_steps=4, train_frac=0.02, seeds=2))
 
 
 def main(argv=None):

@@ -8,7 +8,7 @@ Both pipelines read the same random CIFAR-shaped images (32x32 PNG files written
 folder first) through a model with random weights (no download).
 
 `project`: what save_features.py does for a dataset of image files: decode every file once into a
-uint8 tensor as the project's loaders do (aft.paper_datasets.square_uint8: shorter side to 256 px,
+uint8 tensor as the project's loaders do (aft.datasets.decode.square_uint8: shorter side to 256 px,
 bicubic, central square; PIL in threads), then aft.extract's own steps: `prepare_body` (device, eval, bf16,
 channels-last), the model's `make_inputs(...).to(device)` (uint8 on the device, resized and normalised per batch there)
 and `compute_features` (inference mode, bf16 autocast, asynchronous copies back). Timed from the
@@ -22,7 +22,6 @@ math kernel). Nothing here asserts on time.
 """
 import argparse
 import os
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,16 +29,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import (ROOT, count_flops, emit, free, max_mem_gb, parse_with_tiny, rates, start,  # noqa: E402
-                        sync, upstream_flags)
+# common before aft: it keeps the Hugging Face hub offline
+from common import count_flops, emit, free, max_mem_gb, parse_with_tiny, rates, start, sync, upstream_flags
 
-sys.path.insert(0, ROOT)
-from aft.datasets import Split, Task  # noqa: E402
-from aft.paper_datasets import IMAGE_SIZE, square_uint8  # noqa: E402
-from aft.extract import compute_features, prepare_body  # noqa: E402
-from aft.models import resolve_model  # noqa: E402
-from aft.runtime import speed_settings  # noqa: E402
+from aft.datasets import Split, Task
+from aft.datasets.decode import IMAGE_SIZE, square_uint8
+from aft.extract import compute_features, prepare_body
+from aft.models import resolve_model
+from aft.runtime import speed_settings
 
 TINY_MODELS = "test_vit,test_vit3"
 
@@ -177,7 +174,7 @@ def parse_args(argv=None):
     p.add_argument("--disk_size", type=int, default=32, help="side of the image files (CIFAR: 32)")
     p.add_argument("--format", choices=("png", "jpeg"), default="png")
     p.add_argument("--decode_size", type=int, default=0,
-                   help="side of the decoded squares (0: the project's loader's, aft.paper_datasets.IMAGE_SIZE)")
+                   help="side of the decoded squares (0: the project's loader's, aft.datasets.decode.IMAGE_SIZE)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding threads")
     p.add_argument("--no_upstream", action="store_true")
     p.add_argument("--device", default="auto")

@@ -58,8 +58,10 @@ LOG="$OUT/gpu_check.jsonl"
 : > "$LOG"
 export HF_HUB_OFFLINE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if [ -d gpu_carry/site ]; then
-    export PYTHONPATH="$PWD/gpu_carry/site${PYTHONPATH:+:$PYTHONPATH}"
+    PYTHONPATH="$PWD/gpu_carry/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# The project is not pip-installed there: the repo root on the path makes `aft` importable.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo '{"bench": "gpu_check", "error": "no CUDA device visible; the full-size benchmarks need a GPU"}' | tee -a "$LOG"

@@ -8,17 +8,15 @@ each iterating MacKay's fixed point with a pass over F per step (for F m). It co
 evidence (with the (D - k) log(alpha) term), so both scores must agree to about 1e-6.
 """
 import argparse
-import json
 import math
-import os
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from aft.logme import logme  # noqa: E402
+from common import emit
+
+from aft.logme import logme
 
 
 def logme_numpy_per_class(features, labels, num_classes, max_iter=1000, tol=1e-6):
@@ -74,13 +72,13 @@ def main():
     score_numpy = logme_numpy_per_class(features, labels, args.c)
     numpy_s = time.perf_counter() - start
 
-    print(json.dumps({
+    emit({
         "bench": "logme", "n": args.n, "d": args.d, "c": args.c,
         "ours_s": round(ours_s, 3), "numpy_per_class_s": round(numpy_s, 3),
         "speedup": round(numpy_s / ours_s, 1),
         "score_ours": score_ours, "score_numpy": score_numpy,
         "rel_diff": abs(score_ours - score_numpy) / abs(score_numpy),
-    }))
+    })
 
 
 if __name__ == "__main__":

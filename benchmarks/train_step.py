@@ -23,114 +23,27 @@ wait for the GPU (0 expected). FLOPs are counted with torch.utils.flop_counter o
 the math kernel so it is counted too). Nothing here asserts on time.
 """
 import argparse
-import contextlib
-import gc
-import json
 import math
-import os
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# common before aft: it keeps the Hugging Face hub offline
+from common import (count_flops, emit, free, host_syncs, max_mem_gb, parse_with_tiny, rates, start, sync,
+                    upstream_flags)
 
-from aft.datasets import Split, Task  # noqa: E402
-from aft.methods import get_method  # noqa: E402
-from aft.models import create_classifier  # noqa: E402
-from aft.runtime import resolve_device, resolve_precision, seed_everything, speed_settings  # noqa: E402
-from aft.train import Config, Trainer, epoch_batches  # noqa: E402
+from aft.config import Config
+from aft.datasets import Split, Task
+from aft.loop import epoch_batches
+from aft.methods import get_method
+from aft.models import create_classifier
+from aft.runtime import seed_everything, speed_settings
+from aft.teachers import TeacherFeatures
+from aft.train import Trainer
 
-# Dense bf16 tensor-core peaks (TFLOP/s) by device name, for the fraction-of-peak figures.
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
 TEACHER_DIM = 2944
 TINY_MODELS = "test_vit,test_resnet"  # timm's CI models (160 px, < 0.4M parameters)
-
-
-# ---- shared with benchmarks/extract.py ---------------------------------------------------------
-
-def emit(record):
-    print(json.dumps(record), flush=True)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_tflops(device, override=0.0):
-    if override:
-        return override
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-
-
-def env_record(bench, device, precision, args):
-    import timm
-    rec = dict(bench=bench, pipeline="env", torch=torch.__version__, timm=timm.__version__,
-               device=device.type, device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else
-               f"cpu ({torch.get_num_threads()} threads)", precision=precision,
-               peak_bf16_tflops=peak_tflops(device, args.peak_tflops), args=vars(args))
-    return rec
-
-
-def upstream_flags():
-    """PyTorch's defaults, which the paper's code runs under: no TF32 matmuls, no cuDNN autotuning."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = False
-
-
-@contextlib.contextmanager
-def count_flops():
-    """FlopCounterMode with attention through the math kernel (its matmuls are then counted on every
-    device; the fused kernels' FLOPs are not registered on CPU). Yields a callable: total FLOPs."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
-    with sdpa_kernel([SDPBackend.MATH]), counter:
-        yield counter.get_total_flops
-
-
-def host_syncs(device, fn, *args):
-    """How many times one call of fn makes the host wait for the device (CUDA's sync debug mode
-    warns at each); None off CUDA. A step that never waits lets the host run ahead of the GPU."""
-    if device.type != "cuda":
-        return None
-    import warnings
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn(*args)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    sync(device)  # outside the debug mode: this wait is the benchmark's, not the step's
-    return sum("synchroniz" in str(w.message) for w in caught)
-
-
-def rates(record, seconds, items, flops_per_item, peak):
-    record.update(seconds=round(seconds, 4), images_per_s=round(items / seconds, 2),
-                  tflops=round(flops_per_item * items / seconds / 1e12, 4))
-    if peak:
-        record["frac_of_bf16_peak"] = round(record["tflops"] / peak, 4)
-    return record
-
-
-def free(device):
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def max_mem_gb(device):
-    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
 
 
 def model_input_spec(name, image_size):
@@ -176,8 +89,10 @@ def bench_project(args, name, method, task, psi, device, precision, peak):
                  compile=args.compile, image_size=args.image_size, device=str(device), precision=precision)
     seed_everything(0)
     speed_settings(device)
-    teacher = [psi] if get_method(method).uses_teacher else []
-    trainer = Trainer(cfg, task, torch.arange(n), task.test, teacher, device, precision)
+    rows = torch.arange(n)
+    teachers = TeacherFeatures(["random"], [dict(train=psi)], rows, task.name, cfg.features_dir, 1.0, False) \
+        if get_method(method).uses_teacher else None
+    trainer = Trainer(cfg, task, rows, task.test, teachers, device, precision)
 
     # run.py's batch order, moved to the device before the timed window (run.py: once per epoch)
     per_epoch = n // min(args.batch_size, n)
@@ -206,7 +121,7 @@ def bench_project(args, name, method, task, psi, device, precision, peak):
     size = trainer.train_inputs.size
     record = dict(bench="train_step", pipeline="project", model=name, method=method, device=device.type,
                   precision=precision, compile=args.compile, batch_size=args.batch_size, image_size=size,
-                  teacher_dim=psi.shape[1] if teacher else 0, steps=args.steps, warmup_s=round(warmup_s, 2),
+                  teacher_dim=psi.shape[1] if teachers else 0, steps=args.steps, warmup_s=round(warmup_s, 2),
                   ms_per_step=round(1000 * seconds / args.steps, 3), gflops_per_step=round(step_flops / 1e9, 2),
                   loss_finite=finite, host_syncs_per_step=syncs, max_mem_gb=max_mem_gb(device))
     del trainer
@@ -227,7 +142,8 @@ def bench_upstream(args, name, task, psi, device, peak):
     cfg = Config(method="aft", learn_scales=True)
     model, _ = create_classifier(name, task.num_classes, pretrained=False)
     model = model.to(device).train()
-    reg = get_method("aft")(model.head.in_features, [psi.shape[1]], cfg).to(device)
+    reg = get_method("aft")(model.head.in_features, [psi.shape[1]], learn_scales=cfg.learn_scales,
+                            prior_lr=cfg.prior_lr).to(device)
     optimizer = torch.optim.Adam([{"params": model.parameters()},
                                   {"params": reg.parameters(), "lr": cfg.prior_lr}], lr=1e-4)
 
@@ -288,25 +204,6 @@ def parse_args(argv=None):
     p.add_argument("--tiny", action="store_true", help=f"{TINY_MODELS}, batch 8, 3 steps: CPU in seconds")
     return parse_with_tiny(p, argv, dict(models=TINY_MODELS, batch_size=8, steps=3, warmup=1, upstream_steps=2,
                                          upstream_warmup=1, n_images=64, teacher_dim=64))
-
-
-def parse_with_tiny(parser, argv, tiny):
-    """Parse; with --tiny, the `tiny` values replace the defaults (a flag given explicitly still wins)."""
-    args = parser.parse_args(argv)
-    if args.tiny:
-        defaults = parser.parse_args([])
-        for key, value in tiny.items():
-            if getattr(args, key) == getattr(defaults, key):
-                setattr(args, key, value)
-    return args
-
-
-def start(bench, args):
-    """Device, precision and bf16 peak of this run; the first JSON line describes the machine."""
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
-    emit(env_record(bench, device, precision, args))
-    return device, precision, peak_tflops(device, args.peak_tflops)
 
 
 def main(argv=None):

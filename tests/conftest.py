@@ -19,7 +19,7 @@ needs_cpp_compiler = pytest.mark.skipif(
 
 @pytest.fixture
 def cfg():
-    from aft.train import Config
+    from aft.config import Config
     return Config()
 
 

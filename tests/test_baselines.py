@@ -1,4 +1,4 @@
-"""The baselines of SPEC 3 (rkd, the AFT ablations, ft, btune, linear_probe) and logme.py: each
+"""The baselines (rkd, the AFT ablations, ft, btune, linear_probe) and logme.py: each
 regulariser against an independent float64 numpy computation of its formula, where gradients flow,
 the files btune and ft read and write, and the scripts end to end."""
 import json
@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from aft.errors import UserError
-from aft.features import atomic_save, feature_path, make_meta, write_features
+from aft.features import feature_path, make_meta, write_features
+from aft.files import atomic_save
 from aft.methods import get_method
 from tests.test_cli import cli
 
@@ -37,6 +38,21 @@ def prepare_feature_files(features_dir, cfg, student_dim, teacher_dims, n_train=
                     logme_score=float(torch.randn((), generator=g)),
                     logme_weights=torch.randn(NUM_CLASSES, dim, generator=g))
     return names
+
+
+def started(name, student_dim, teacher_dims, cfg):
+    """Method `name` as a run builds it: constructed, then started on the train rows of cfg's feature
+    files (labels and the student's own features are never read by the methods built this way)."""
+    from aft.datasets import train_eval_indices
+    from aft.teachers import Student, TeacherFeatures
+    reg = get_method(name)(student_dim, teacher_dims, learn_scales=cfg.learn_scales, prior_lr=cfg.prior_lr)
+    caches = [torch.load(feature_path(cfg.features_dir, m, cfg.dataset), weights_only=True) for m in cfg.teacher_names]
+    rows, _ = train_eval_indices(len(caches[0]["train"]), cfg.train_frac, cfg.use_val)
+    teachers = TeacherFeatures(cfg.teacher_names, caches, rows, cfg.dataset, cfg.features_dir, cfg.train_frac,
+                               cfg.use_val)
+    student = Student(cfg.model_class, bool(cfg.init_model), lambda: pytest.fail("the student's features were read"))
+    reg.start(student, torch.zeros(len(rows), dtype=torch.long), teachers)
+    return reg
 
 
 # ---- rkd ------------------------------------------------------------------------------------
@@ -69,7 +85,7 @@ def rkd_reference(phi, psi):
 def test_rkd_matches_reference(cfg):
     rng = np.random.default_rng(0)
     phi, psi = rng.normal(size=(9, 5)) * 3 + 10, rng.normal(size=(9, 7))  # offset: checks the centring
-    reg = get_method("rkd")(5, [3, 4], cfg)
+    reg = get_method("rkd")(5, [3, 4])
     got = reg(torch.tensor(phi, dtype=torch.float32), torch.tensor(psi, dtype=torch.float32)).item()
     assert got == pytest.approx(rkd_reference(phi, psi), rel=1e-5)
     # the teachers' relations copied exactly: no loss (a scaled, rotated, shifted copy has the same ones)
@@ -81,7 +97,7 @@ def test_rkd_duplicate_rows_and_gradients(cfg):
     rng = np.random.default_rng(1)
     phi, psi = rng.normal(size=(8, 4)), rng.normal(size=(8, 6))
     phi[5], psi[5] = phi[2], psi[2]  # duplicates: a zero distance, cosine 0 as in the reference code
-    reg = get_method("rkd")(4, [6], cfg)
+    reg = get_method("rkd")(4, [6])
     phi_t = torch.tensor(phi, dtype=torch.float32, requires_grad=True)
     psi_t = torch.tensor(psi, dtype=torch.float32, requires_grad=True)
     r = reg(phi_t, psi_t)
@@ -89,7 +105,7 @@ def test_rkd_duplicate_rows_and_gradients(cfg):
     r.backward()
     assert torch.isfinite(phi_t.grad).all() and phi_t.grad.abs().sum() > 0
     assert psi_t.grad is None  # the teachers' side carries no gradient
-    assert reg.param_groups(cfg) == []
+    assert reg.param_groups() == []
 
 
 # ---- the AFT ablations ------------------------------------------------------------------------
@@ -116,7 +132,7 @@ def kernel_distance(k1, k2):
 def test_aft_rbf_matches_reference(cfg):
     rng = np.random.default_rng(2)
     phi, psi, s = rng.normal(size=(12, 5)), rng.normal(size=(12, 8)), rng.normal(size=8)
-    reg = get_method("aft_rbf")(5, [8], cfg)
+    reg = get_method("aft_rbf")(5, [8])
     with torch.no_grad():
         reg.scales.copy_(torch.from_numpy(s))
     got = reg(torch.tensor(phi, dtype=torch.float32), torch.tensor(psi, dtype=torch.float32)).item()
@@ -125,13 +141,13 @@ def test_aft_rbf_matches_reference(cfg):
     phi_t = torch.tensor(phi, dtype=torch.float32, requires_grad=True)
     reg(phi_t, torch.tensor(psi, dtype=torch.float32)).backward()
     assert phi_t.grad.abs().sum() > 0 and reg.scales.grad.abs().sum() > 0
-    group, = reg.param_groups(cfg)
+    group, = reg.param_groups()
     assert group["lr"] == cfg.prior_lr and group["weight_decay"] == 0
 
 
 def test_aft_dense_matches_reference(cfg):
     torch.manual_seed(0)
-    reg = get_method("aft_dense")(5, [30, 34], cfg)
+    reg = get_method("aft_dense")(5, [30, 34])
     s = reg.mix.detach().double().numpy()
     assert s.shape == (64, 64) and abs(s.mean()) < 0.01 and s.var() == pytest.approx(1 / 64, rel=0.1)  # N(0, 1/D)
     rng = np.random.default_rng(3)
@@ -141,13 +157,13 @@ def test_aft_dense_matches_reference(cfg):
     phi_t = torch.tensor(phi, dtype=torch.float32, requires_grad=True)
     reg(phi_t, torch.tensor(psi, dtype=torch.float32)).backward()
     assert phi_t.grad.abs().sum() > 0 and reg.mix.grad.abs().sum() > 0
-    group, = reg.param_groups(cfg)
+    group, = reg.param_groups()
     assert group["params"] == [reg.mix] and group["lr"] == cfg.prior_lr and group["weight_decay"] == 0
 
 
 def test_aft_no_kernel_matches_reference(cfg):
     torch.manual_seed(0)
-    reg = get_method("aft_no_kernel")(5, [3, 4], cfg)
+    reg = get_method("aft_no_kernel")(5, [3, 4])
     w = reg.proj.weight.detach().double().numpy()  # (d, D)
     rng = np.random.default_rng(4)
     phi, psi = rng.normal(size=(10, 5)) + 3, rng.normal(size=(10, 7)) - 2
@@ -158,7 +174,7 @@ def test_aft_no_kernel_matches_reference(cfg):
     phi_t = torch.tensor(phi, dtype=torch.float32, requires_grad=True)
     reg(phi_t, torch.tensor(psi, dtype=torch.float32)).backward()
     assert phi_t.grad.abs().sum() > 0 and reg.proj.weight.grad.abs().sum() > 0
-    group, = reg.param_groups(cfg)
+    group, = reg.param_groups()
     assert group["lr"] == cfg.prior_lr and group["weight_decay"] == 0
 
 
@@ -166,7 +182,7 @@ def test_aft_no_kernel_matches_reference(cfg):
 
 def test_btune_matches_reference(cfg, tmp_path):
     prepare_feature_files(tmp_path, cfg, 6, [4, 5])
-    reg = get_method("btune")(6, [4, 5], cfg)
+    reg = started("btune", 6, [4, 5], cfg)
     files = {m: torch.load(feature_path(str(tmp_path), m, "d"), weights_only=True) for m in ["t0", "t1", "s"]}
     scores = np.array([files[m]["logme_score"] for m in ["t0", "t1"]])
     pi = np.exp(scores / 0.1 - (scores / 0.1).max())
@@ -180,7 +196,7 @@ def test_btune_matches_reference(cfg, tmp_path):
     r = reg(phi_t, torch.tensor(psi, dtype=torch.float32))
     assert r.item() == pytest.approx(ref, rel=1e-5)
     r.backward()
-    assert phi_t.grad.abs().sum() > 0 and reg.param_groups(cfg) == []  # nothing of its own is learned
+    assert phi_t.grad.abs().sum() > 0 and reg.param_groups() == []  # nothing of its own is learned
 
 
 def test_btune_reads_train_frac_keys(cfg, tmp_path):
@@ -189,46 +205,44 @@ def test_btune_reads_train_frac_keys(cfg, tmp_path):
     with pytest.raises(UserError, match=r"no logme_score_train_frac=0\.5/logme_weights_train_frac=0\.5 .*"
                                         r"run: python logme\.py --model_class=t0 --dataset=d --train_frac=0\.5 "
                                         r"--features_dir=" + re.escape(str(tmp_path))):
-        get_method("btune")(6, [4], cfg)
+        started("btune", 6, [4], cfg)
     for m, dim in [("t0", 4), ("s", 6)]:
         path = feature_path(str(tmp_path), m, "d")
         cache = torch.load(path, weights_only=True)
         cache.update({"logme_score_train_frac=0.5": 1.0, "logme_weights_train_frac=0.5": torch.ones(NUM_CLASSES, dim)})
         atomic_save(cache, path)
-    reg = get_method("btune")(6, [4], cfg)
+    reg = started("btune", 6, [4], cfg)
     assert torch.equal(reg.student_weights, torch.ones(NUM_CLASSES, 6))
     cfg.use_val = True  # tuning on the validation rows: LogME must not have seen their labels
     with pytest.raises(UserError, match=r"no logme_score_train_frac=0\.5_val/logme_weights_train_frac=0\.5_val .*"
                                         r"--train_frac=0\.5 --use_val=True --features_dir="):
-        get_method("btune")(6, [4], cfg)
+        started("btune", 6, [4], cfg)
 
 
 def test_btune_missing_files_and_keys_name_the_command(cfg, tmp_path):
+    # A missing teacher file is the run's to report (aft.teachers, tests/test_reliability.py); btune
+    # reads the LogME keys of the teachers' files and the downstream model's own file.
     prepare_feature_files(tmp_path, cfg, 6, [4, 5])
     d = str(tmp_path)
-    os.remove(feature_path(d, "t1", "d"))
-    with pytest.raises(UserError, match=rf"create it with: python save_features\.py --model_class=t1 --dataset=d "
-                                        rf"--save_path={re.escape(d)}/t1_d\.pt, then run: python logme\.py --model_class=t1"):
-        get_method("btune")(6, [4, 5], cfg)
-    prepare_feature_files(tmp_path, cfg, 6, [4, 5])
     path = feature_path(d, "t0", "d")
     cache = torch.load(path, weights_only=True)
     del cache["logme_weights"]
     atomic_save(cache, path)
     with pytest.raises(UserError, match=rf"{re.escape(d)}/t0_d\.pt has no logme_score/logme_weights .*"
                                         rf"run: python logme\.py --model_class=t0 --dataset=d --features_dir={re.escape(d)}$"):
-        get_method("btune")(6, [4, 5], cfg)
+        started("btune", 6, [4, 5], cfg)
     prepare_feature_files(tmp_path, cfg, 6, [4, 5])
     os.remove(feature_path(d, "s", "d"))  # the downstream model's own features
-    with pytest.raises(UserError, match=r"python save_features\.py --model_class=s --dataset=d"):
-        get_method("btune")(6, [4, 5], cfg)
+    with pytest.raises(UserError, match=rf"create it with: python save_features\.py --model_class=s --dataset=d "
+                                        rf"--save_path={re.escape(d)}/s_d\.pt, then run: python logme\.py --model_class=s"):
+        started("btune", 6, [4, 5], cfg)
 
 
 def test_btune_own_features_must_match_the_student(cfg, tmp_path):
     prepare_feature_files(tmp_path, cfg, 6, [4])
     with pytest.raises(UserError, match=r"s_d\.pt, which are 6 wide, but s's features \(the input of its head\) "
                                         r"are 8 wide"):
-        get_method("btune")(8, [4], cfg)
+        started("btune", 8, [4], cfg)
 
 
 def test_btune_from_random_weights_fits_its_own_readout_at_the_start(cfg, tmp_path):
@@ -237,6 +251,7 @@ def test_btune_from_random_weights_fits_its_own_readout_at_the_start(cfg, tmp_pa
     from aft.datasets import load_task, train_eval_indices
     from aft.logme import logme
     from aft.runtime import seed_everything
+    from aft.teachers import TeacherFeatures
     from aft.train import Trainer
     task = load_task("digits")
     teacher = torch.randn(len(task.train), 4)
@@ -246,7 +261,9 @@ def test_btune_from_random_weights_fits_its_own_readout_at_the_start(cfg, tmp_pa
     cfg.model_class, cfg.init_model, cfg.image_size = "resnet10t", "", 16
     train_idx, _ = train_eval_indices(len(task.train), 0.5, False)
     seed_everything(0)
-    trainer = Trainer(cfg, task, train_idx, task.test, [teacher], torch.device("cpu"), "fp32")
+    cache = torch.load(feature_path(str(tmp_path), "t0", "digits"), weights_only=True)
+    teachers = TeacherFeatures(["t0"], [cache], train_idx, "digits", str(tmp_path), cfg.train_frac, cfg.use_val)
+    trainer = Trainer(cfg, task, train_idx, task.test, teachers, torch.device("cpu"), "fp32")
     assert trainer.model.training  # back in train mode for the first step
     model = trainer.model.eval()
     with torch.no_grad():  # the student's features of the train rows, all in one batch
@@ -271,7 +288,7 @@ def mlp(layers, x, relu_last):
 def test_ft_matches_reference_and_caches_its_autoencoder(cfg, tmp_path, monkeypatch, capsys):
     from aft.methods import ft
     prepare_feature_files(tmp_path, cfg, 6, [4, 6])
-    reg = get_method("ft")(6, [4, 6], cfg)
+    reg = started("ft", 6, [4, 6], cfg)
     path = tmp_path / "t0+t1_d.ft.pt"
     assert "ft: training the teacher autoencoder (10 -> 5) on 40 train rows" in capsys.readouterr().out
     saved = torch.load(path, weights_only=True)
@@ -288,23 +305,23 @@ def test_ft_matches_reference_and_caches_its_autoencoder(cfg, tmp_path, monkeypa
     r.backward()
     assert phi_t.grad.abs().sum() > 0 and psi_t.grad is None
     assert all(p.grad is None for p in reg.encoder.parameters())  # frozen
-    group, = reg.param_groups(cfg)
+    group, = reg.param_groups()
     assert {id(p) for p in group["params"]} == {id(p) for p in reg.translator.parameters()}
 
     # reused when it matches, whatever the run's seed
     monkeypatch.setattr(ft, "train_autoencoder", lambda *a: pytest.fail("the cached autoencoder was not reused"))
     torch.manual_seed(123)
-    again = get_method("ft")(6, [4, 6], cfg)
+    again = started("ft", 6, [4, 6], cfg)
     assert all(torch.equal(a, b) for a, b in zip(again.encoder.state_dict().values(), reg.encoder.state_dict().values()))
     monkeypatch.undo()
 
     # other rows (train_frac, use_val) get their own file; other features retrain the file
     cfg.train_frac, cfg.use_val = 0.5, True
-    get_method("ft")(6, [4, 6], cfg)
+    started("ft", 6, [4, 6], cfg)
     assert (tmp_path / "t0+t1_d.ft_train_frac=0.5_val.pt").exists() and "on 18 train rows" in capsys.readouterr().out
     cfg.train_frac, cfg.use_val = 1.0, False
     prepare_feature_files(tmp_path, cfg, 6, [4, 6], seed=1)
-    get_method("ft")(6, [4, 6], cfg)
+    started("ft", 6, [4, 6], cfg)
     assert "was made from other features or rows: training it again" in capsys.readouterr().out
 
 
@@ -323,7 +340,7 @@ def test_ft_autoencoder_compresses(monkeypatch):
 def test_linear_probe_learns_from_the_features_alone(cfg, tmp_path):
     """Features that hold the label: the probe gets them right on the held-out rows, with no model."""
     from aft.datasets import load_task
-    from aft.train import run
+    from aft.experiment import run
     task = load_task("digits")
     g = torch.Generator().manual_seed(0)
     onehot = lambda y: torch.nn.functional.one_hot(y, 10).float() * 4 + torch.randn(len(y), 10, generator=g) * 0.3

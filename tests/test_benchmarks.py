@@ -24,6 +24,16 @@ def run_bench(script, *flags, env=True):
     return lines
 
 
+def load_benchmark_module(name):
+    """benchmarks/<name>.py as a module: the folder is no package (a script there imports its
+    neighbours from its own folder, which Python puts first on the path)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def check_rates(record):
     assert RATE_KEYS <= set(record), RATE_KEYS - set(record)
     assert record["images_per_s"] > 0 and record["seconds"] > 0 and record["tflops"] > 0
@@ -61,8 +71,7 @@ def test_host_syncs_counts_the_warnings_of_cuda_sync_debug_mode(monkeypatch):
     and each 'synchronizing' warning the call raises is one wait."""
     import warnings
     import torch
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import train_step
+    common = load_benchmark_module("common")
     modes = []
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: modes.append("synchronize"))
@@ -72,10 +81,10 @@ def test_host_syncs_counts_the_warnings_of_cuda_sync_debug_mode(monkeypatch):
             warnings.warn("called a synchronizing CUDA operation")
         warnings.warn("an unrelated warning")
 
-    assert train_step.host_syncs(torch.device("cuda"), step, 2) == 2
+    assert common.host_syncs(torch.device("cuda"), step, 2) == 2
     assert modes == ["warn", "default", "synchronize"]
-    assert train_step.host_syncs(torch.device("cuda"), step, 0) == 0
-    assert train_step.host_syncs(torch.device("cpu"), step, 3) is None
+    assert common.host_syncs(torch.device("cuda"), step, 0) == 0
+    assert common.host_syncs(torch.device("cpu"), step, 3) is None
 
 
 def test_extract_tiny():

@@ -1,6 +1,7 @@
 """--compile runs the same computation as eager, in whole graphs, without recompiling per batch width
 (text batches are cut to their own longest example, so widths vary from step to step)."""
-from aft.train import Config, run
+from aft.config import Config
+from aft.experiment import run
 from tests.conftest import needs_cpp_compiler
 
 

@@ -26,8 +26,8 @@ def test_tweets_split_is_fixed_and_disjoint():
 
 
 def test_fashion_mnist_missing_names_the_package(tmp_path, monkeypatch):
-    import aft.datasets
-    monkeypatch.setattr(aft.datasets, "FASHION_MNIST_DIR", str(tmp_path / "none"))
+    import aft.datasets.embedded
+    monkeypatch.setattr(aft.datasets.embedded, "FASHION_MNIST_DIR", str(tmp_path / "none"))
     with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
         load_task("fashion_mnist", str(tmp_path))
 

@@ -341,7 +341,8 @@ def test_clip_student_trains_on_snli_ve(tmp_path, monkeypatch):
     """The paper's SNLI-VE setup: CLIP as the downstream model, AFT towards an image model's features
     of the pictures and a text model's features of the hypotheses (both computed on the spot)."""
     pytest.importorskip("open_clip")
-    from aft.train import Config, run
+    from aft.config import Config
+    from aft.experiment import run
     from tests.test_paper_datasets import write_snli_ve
     write_snli_ve(str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)

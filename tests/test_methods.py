@@ -1,4 +1,4 @@
-"""The regularisers against independent computations of SPEC 3's formulas."""
+"""The regularisers against independent computations of the papers' formulas."""
 import numpy as np
 import pytest
 import torch
@@ -8,7 +8,7 @@ from aft.errors import UserError
 
 
 def aft_reference(phi, psi, s):
-    """SPEC 3 written out in float64 numpy, entry by entry for the kernels."""
+    """AFT's regulariser (Qiu et al. 2024) written out in float64 numpy, entry by entry for the kernels."""
     phi, psi = phi.astype(np.float64), psi.astype(np.float64) / (1 + np.exp(-s))
 
     def kernel(a):
@@ -22,7 +22,7 @@ def aft_reference(phi, psi, s):
 def test_aft_matches_reference(cfg):
     rng = np.random.default_rng(0)
     phi, psi = rng.normal(size=(16, 6)), rng.normal(size=(16, 10))
-    reg = get_method("aft")(6, [4, 6], cfg)
+    reg = get_method("aft")(6, [4, 6])
     with torch.no_grad():
         reg.scales.copy_(torch.from_numpy(rng.normal(size=10)))
     got = reg(torch.tensor(phi, dtype=torch.float32), torch.tensor(psi, dtype=torch.float32)).item()
@@ -34,7 +34,7 @@ def test_aft_zero_for_rotated_scaled_teacher(cfg):
     phi = torch.randn(32, 8, dtype=torch.float64)
     q = torch.linalg.qr(torch.randn(20, 8, dtype=torch.float64))[0].T  # 8 x 20, orthonormal rows
     psi = 3.7 * phi @ q
-    reg = get_method("aft")(8, [20], cfg).double()
+    reg = get_method("aft")(8, [20]).double()
     assert reg(phi, psi).item() == pytest.approx(1e-4, rel=1e-6)  # sqrt(0 + 1e-8)
     assert reg(phi, torch.randn(32, 20, dtype=torch.float64)).item() > 0.1
 
@@ -42,18 +42,17 @@ def test_aft_zero_for_rotated_scaled_teacher(cfg):
 def test_aft_gradients_reach_model_and_scales(cfg):
     torch.manual_seed(0)
     net = torch.nn.Linear(5, 7)
-    reg = get_method("aft")(7, [9], cfg)
+    reg = get_method("aft")(7, [9])
     reg(net(torch.randn(16, 5)), torch.randn(16, 9)).backward()
     assert net.weight.grad.abs().sum() > 0
     assert reg.scales.grad.abs().sum() > 0
-    groups = reg.param_groups(cfg)
+    groups = reg.param_groups()
     assert groups[0]["lr"] == cfg.prior_lr and groups[0]["weight_decay"] == 0
 
 
-def test_aft_fixed_scales(cfg):
-    cfg.learn_scales = False
-    reg = get_method("aft")(7, [9], cfg)
-    assert not reg.scales.requires_grad and reg.param_groups(cfg) == []
+def test_aft_fixed_scales():
+    reg = get_method("aft")(7, [9], learn_scales=False)
+    assert not reg.scales.requires_grad and reg.param_groups() == []
     phi = torch.randn(16, 7, requires_grad=True)
     reg(phi, torch.randn(16, 9)).backward()
     assert reg.scales.grad is None and phi.grad is not None
@@ -61,36 +60,36 @@ def test_aft_fixed_scales(cfg):
 
 def test_kd_matches_reference(cfg):
     torch.manual_seed(0)
-    reg = get_method("kd")(6, [4, 5], cfg)
+    reg = get_method("kd")(6, [4, 5])
     phi, psi = torch.randn(10, 6), torch.randn(10, 9)
     w, b = reg.proj.weight.detach().numpy().astype(np.float64), reg.proj.bias.detach().numpy().astype(np.float64)
     ref = ((phi.numpy() @ w.T + b - psi.numpy()) ** 2).mean()
     assert reg(phi, psi).item() == pytest.approx(ref, rel=1e-5)
     reg(phi, psi).backward()
     assert reg.proj.weight.grad.abs().sum() > 0
-    assert reg.param_groups(cfg)[0].keys() == {"params"}  # trained with the model's lr
+    assert reg.param_groups()[0].keys() == {"params"}  # trained with the model's lr
 
 
 def test_init_has_no_regulariser(cfg):
-    reg = get_method("init")(6, [], cfg)
+    reg = get_method("init")(6, [])
     assert not reg.uses_teacher
     assert reg(torch.randn(4, 6), None).item() == 0
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_follows_the_interface(name, cfg, tmp_path):
-    from tests.test_baselines import prepare_feature_files
+    from tests.test_baselines import prepare_feature_files, started
     prepare_feature_files(tmp_path, cfg, 6, [4, 5])  # the files some methods read (btune, ft)
     torch.manual_seed(0)
     cls = get_method(name)
-    reg = cls(6, [4, 5], cfg)
-    if cls.probe:  # trains no downstream model: aft.train.run hands it to aft.probe
-        assert reg.param_groups(cfg) == []
+    if not cls.trains_student:  # a classifier on the teachers' features alone (aft.probe trains it)
+        assert cls([4, 5], 3)(torch.randn(12, 9)).shape == (12, 3)
         return
+    reg = started(name, 6, [4, 5], cfg)
     phi = torch.randn(12, 6, requires_grad=True)
     r = reg(phi, torch.randn(12, 9) if cls.uses_teacher else None)
     assert r.shape == () and torch.isfinite(r)
-    for group in reg.param_groups(cfg):
+    for group in reg.param_groups():
         assert all(p.requires_grad for p in group["params"])
 
 

@@ -143,7 +143,7 @@ class StandInCIFAR10:
 
 def paper_config(**overrides):
     """The README's run.py command as a Config (the flags above, parsed by run.py into these)."""
-    from aft.train import Config
+    from aft.config import Config
     values = dict(seed=0, model_class="vit_small_patch16_224.augreg_in1k", init_model="vit_small_patch16_224.augreg_in1k",
                   dataset="cifar10", pretrained_models="vit_giant_patch14_dinov2.lvd142m,vit_giant_patch14_clip_224.laion2b",
                   train_frac=1.0, use_val=False, method="aft", prec=10.0, learn_scales=True, steps=5000, eval_steps=500,
@@ -161,7 +161,7 @@ def cifar_present(monkeypatch, tmp_path):
 
 
 def test_run_command_then_stops_at_the_teacher_weights(cifar_present, capsys):
-    from aft.train import run
+    from aft.experiment import run
     with pytest.raises(UserError) as err:
         run(paper_config())
     message = str(err.value)
@@ -175,7 +175,7 @@ def test_run_command_then_stops_at_the_teacher_weights(cifar_present, capsys):
 
 
 def test_run_command_with_cached_features_stops_at_the_student_weights(cifar_present):
-    from aft.train import run
+    from aft.experiment import run
     for name, dim in (("vit_giant_patch14_dinov2.lvd142m", 1536), ("vit_giant_patch14_clip_224.laion2b", 1408)):
         train, test = torch.randn(20, dim), torch.randn(10, dim)
         write_features(f"./features/{name}_cifar10.pt", train, test, make_meta(name, "cifar10", train, test))
@@ -184,7 +184,7 @@ def test_run_command_with_cached_features_stops_at_the_student_weights(cifar_pre
         run(paper_config())
 
 
-# ---- every name of the README and SPEC 6 -----------------------------------------------------------
+# ---- every name of the README and the paper -----------------------------------------------------------
 
 def test_every_paper_model_is_accepted_and_names_its_download():
     """Each name of the README's model table resolves (right modality); offline, loading its weights

@@ -1,4 +1,4 @@
-"""The paper's datasets (SPEC 6) on small fixtures: torchvision sets in torchvision's own on-disk layout
+"""The paper's datasets on small fixtures: torchvision sets in torchvision's own on-disk layout
 (or, where torchvision checks MD5 sums of the real files, a stand-in class of the same interface),
 Hugging Face sets through a stand-in `datasets.load_dataset` returning real `datasets.Dataset`s or a
 folder saved with `save_to_disk`. Nothing here downloads: HF_HUB_OFFLINE=1 (conftest) keeps the loaders
@@ -144,14 +144,14 @@ def test_food_from_disk(tmp_path):
 
 def test_images_are_decoded_once_and_kept(tmp_path, monkeypatch):
     """The second load reads the decoded squares from {data_dir}/aft-decoded instead of the JPEGs."""
-    import aft.paper_datasets as pd
+    import aft.datasets.torchvision_sets as tv
     write_dtd(str(tmp_path))
     first = load_task("dtd", str(tmp_path))
     assert sorted(os.listdir(tmp_path / "aft-decoded")) == ["dtd-test-256px.pt", "dtd-train-256px.pt"]
 
     def no_decoding(*a, **k):
         raise AssertionError("decoded again")
-    monkeypatch.setattr(pd, "square_uint8", no_decoding)
+    monkeypatch.setattr(tv, "square_uint8", no_decoding)
     again = load_task("dtd", str(tmp_path))
     assert torch.equal(again.train.inputs, first.train.inputs) and torch.equal(again.test.labels, first.test.labels)
 
@@ -160,7 +160,7 @@ def test_square_is_the_central_crop_of_the_resized_image():
     """Shorter side to 256, then the central square: a wide picture whose central square is white and
     whose sides are black comes out white (but for a pixel of resampling at the border)."""
     from PIL import Image
-    from aft.paper_datasets import square_uint8
+    from aft.datasets.decode import square_uint8
     pixels = np.zeros((100, 300, 3), dtype=np.uint8)
     pixels[:, 100:200] = 255
     out = square_uint8(Image.fromarray(pixels), 256)
@@ -245,7 +245,7 @@ def test_missing_torchvision_set_is_one_line(tmp_path, name, folder):
 # ---- Hugging Face text ---------------------------------------------------------------------------
 
 # (name, hub repo and config, splits, columns of one row, label, the exact input text, truncation side,
-# classes, step multiplier); the texts are SPEC 6's formats, written out.
+# classes, step multiplier); the texts are the paper code's formats, written out.
 TEXT_CASES = [
     ("imdb", ("stanfordnlp/imdb", None), ("train", "test"), {"text": "Great film."}, 1,
      "Great film.Overall, the sentiment of my review is", "left", 2, 1),

@@ -1,4 +1,4 @@
-"""SPEC 9 through the real scripts: every mistake is one line naming the fix (exit 2, no traceback),
+"""Reliability through the real scripts: every mistake is one line naming the fix (exit 2, no traceback),
 a NaN stops the run and keeps the last checkpoint, a kill -9 never leaves a file that reads as
 valid, and a killed run resumes to exactly the numbers of an uninterrupted one.
 

@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 
 def write_result(folder, dataset, method, prec, seed, acc, use_val=False, model="resnet10t", lr=1e-3,
                  pretrained="vit_g", **cfg):
-    """A results JSON as aft.train.run writes it (only the fields the summariser reads matter)."""
+    """A results JSON as aft.experiment.run writes it (only the fields the summariser reads matter)."""
     config = dict(seed=seed, model_class=model, init_model="", dataset=dataset, pretrained_models=pretrained,
                   train_frac=1.0, use_val=use_val, method=method, prec=prec, learn_scales=True, prior_lr=1e-2,
                   steps=100, eval_steps=50, optimizer="adam", batch_size=32, lr=lr, wd=0.0, no_augment=True,

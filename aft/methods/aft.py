@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from aft.methods import Regularizer, register_method
+from aft.methods.base import Regularizer, register_method
 
 
 def normalized_kernel(x):
@@ -25,14 +25,14 @@ def kernel_distance(k_student, k_teacher):
 
 @register_method("aft")
 class AdaptiveFeatureTransfer(Regularizer):
-    def __init__(self, student_dim, teacher_dims, cfg):
-        super().__init__(student_dim, teacher_dims, cfg)
+    def __init__(self, student_dim, teacher_dims, learn_scales=True, prior_lr=1e-2):
+        super().__init__(student_dim, teacher_dims, learn_scales, prior_lr)
         # s = 0: every teacher feature starts at weight sigmoid(0) = 1/2
-        self.scales = nn.Parameter(torch.zeros(sum(teacher_dims)), requires_grad=cfg.learn_scales)
+        self.scales = nn.Parameter(torch.zeros(sum(teacher_dims)), requires_grad=learn_scales)
 
-    def param_groups(self, cfg):
+    def param_groups(self):
         # The scales have their own learning rate and no weight decay (a decay would pull s to 0).
-        return [{"params": [self.scales], "lr": cfg.prior_lr, "weight_decay": 0.0}] if cfg.learn_scales else []
+        return [{"params": [self.scales], "lr": self.prior_lr, "weight_decay": 0.0}] if self.scales.requires_grad else []
 
     def forward(self, student_feat, teacher_feat):
         scaled = teacher_feat * torch.sigmoid(self.scales)

@@ -6,19 +6,19 @@ import math
 import torch
 import torch.nn as nn
 
-from aft.methods import Regularizer, register_method
+from aft.methods.base import Regularizer, register_method
 from aft.methods.aft import kernel_distance, normalized_kernel
 
 
 @register_method("aft_dense")
 class DenseFeatureTransfer(Regularizer):
-    def __init__(self, student_dim, teacher_dims, cfg):
-        super().__init__(student_dim, teacher_dims, cfg)
+    def __init__(self, student_dim, teacher_dims, learn_scales=True, prior_lr=1e-2):
+        super().__init__(student_dim, teacher_dims, learn_scales, prior_lr)
         dim = sum(teacher_dims)
         self.mix = nn.Parameter(torch.randn(dim, dim) / math.sqrt(dim))
 
-    def param_groups(self, cfg):
-        return [{"params": [self.mix], "lr": cfg.prior_lr, "weight_decay": 0.0}]
+    def param_groups(self):
+        return [{"params": [self.mix], "lr": self.prior_lr, "weight_decay": 0.0}]
 
     def forward(self, student_feat, teacher_feat):
         return kernel_distance(normalized_kernel(student_feat), normalized_kernel(teacher_feat @ self.mix))

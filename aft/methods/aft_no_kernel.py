@@ -4,7 +4,7 @@ scales, as in the paper's code), _c centred over the batch. Unlike `kd` the map 
 teachers to the student: phi is pulled towards a learned linear function of psi."""
 import torch.nn as nn
 
-from aft.methods import Regularizer, register_method
+from aft.methods.base import Regularizer, register_method
 
 
 def centred(x):
@@ -13,12 +13,12 @@ def centred(x):
 
 @register_method("aft_no_kernel")
 class NoKernelFeatureTransfer(Regularizer):
-    def __init__(self, student_dim, teacher_dims, cfg):
-        super().__init__(student_dim, teacher_dims, cfg)
+    def __init__(self, student_dim, teacher_dims, learn_scales=True, prior_lr=1e-2):
+        super().__init__(student_dim, teacher_dims, learn_scales, prior_lr)
         self.proj = nn.Linear(sum(teacher_dims), student_dim, bias=False)  # a bias cancels in the centring
 
-    def param_groups(self, cfg):
-        return [{"params": [self.proj.weight], "lr": cfg.prior_lr, "weight_decay": 0.0}]
+    def param_groups(self):
+        return [{"params": [self.proj.weight], "lr": self.prior_lr, "weight_decay": 0.0}]
 
     def forward(self, student_feat, teacher_feat):
         return (centred(student_feat) - centred(self.proj(teacher_feat))).pow(2).mean()

@@ -2,7 +2,7 @@
 L2-normalised rows a (of phi, and of psi * sigmoid(s)); scales, their learning rate and R as `aft`."""
 import torch
 
-from aft.methods import register_method
+from aft.methods.base import register_method
 from aft.methods.aft import AdaptiveFeatureTransfer, kernel_distance, normalized_kernel
 
 

@@ -17,10 +17,11 @@ import os
 
 import torch
 
+from aft.datasets import subset_suffix
 from aft.errors import UserError
-from aft.features import feature_path, read_features, save_features_command
+from aft.features import DEFAULT_FEATURES_DIR, feature_path, save_features_command
 from aft.logme import logme
-from aft.methods import Regularizer, register_method
+from aft.methods.base import Regularizer, register_method
 
 TEMPERATURE = 0.1
 
@@ -28,92 +29,90 @@ TEMPERATURE = 0.1
 def logme_keys(train_frac, use_val):
     """The keys logme.py writes, for the rows run.py trains on: the fixed train_frac subsample when
     train_frac != 1, without the held-out validation rows when use_val (their labels stay unseen)."""
-    suffix = ("" if train_frac == 1 else f"_train_frac={train_frac}") + ("_val" if use_val else "")
+    suffix = subset_suffix(train_frac, use_val)
     return f"logme_score{suffix}", f"logme_weights{suffix}"
 
 
-def logme_command(model, cfg):
-    cmd = f"python logme.py --model_class={model} --dataset={cfg.dataset}"
-    if cfg.train_frac != 1:
-        cmd += f" --train_frac={cfg.train_frac}"
-    if cfg.use_val:
+def logme_command(model, teachers):
+    cmd = f"python logme.py --model_class={model} --dataset={teachers.dataset}"
+    if teachers.train_frac != 1:
+        cmd += f" --train_frac={teachers.train_frac}"
+    if teachers.use_val:
         cmd += " --use_val=True"
-    if cfg.features_dir != "./features":
-        cmd += f" --features_dir={cfg.features_dir}"
+    if teachers.features_dir != DEFAULT_FEATURES_DIR:
+        cmd += f" --features_dir={teachers.features_dir}"
     return cmd
 
 
-def read_logme(model, cfg):
-    """(score, weights C x D) of `model`'s cached features of cfg.dataset; a UserError naming the
-    command to run when the file or its LogME keys are missing."""
-    path = feature_path(cfg.features_dir, model, cfg.dataset)
-    if not os.path.exists(path):
-        raise UserError(f"B-Tuning needs {path}; create it with: "
-                        f"{save_features_command(model, cfg.dataset, cfg.features_dir)}, "
-                        f"then run: {logme_command(model, cfg)}")
-    cache = read_features(path, model, cfg.dataset, features_dir=cfg.features_dir)
-    score_key, weights_key = logme_keys(cfg.train_frac, cfg.use_val)
-    if score_key not in cache or weights_key not in cache:
+def read_logme(model, entries, width, teachers):
+    """(score, weights C x D) from the LogME `entries` of `model`'s cache file (of `width`-wide features);
+    a UserError naming the command to run when they are missing or stale."""
+    path = feature_path(teachers.features_dir, model, teachers.dataset)
+    score_key, weights_key = logme_keys(teachers.train_frac, teachers.use_val)
+    if score_key not in entries or weights_key not in entries:
         raise UserError(f"{path} has no {score_key}/{weights_key} (B-Tuning needs LogME of "
-                        f"{model}); run: {logme_command(model, cfg)}")
-    weights = cache[weights_key].float()
-    if weights.shape[1] != cache["train"].shape[1]:
+                        f"{model}); run: {logme_command(model, teachers)}")
+    weights = entries[weights_key].float()
+    if weights.shape[1] != width:
         raise UserError(f"{path}: {weights_key} is {tuple(weights.shape)} but the features are "
-                        f"{cache['train'].shape[1]} wide; run again: {logme_command(model, cfg)}")
-    return float(cache[score_key]), weights
+                        f"{width} wide; run again: {logme_command(model, teachers)}")
+    return float(entries[score_key]), weights
 
 
 @register_method("btune")
 class BTuning(Regularizer):
-    def __init__(self, student_dim, teacher_dims, cfg):
-        super().__init__(student_dim, teacher_dims, cfg)
-        names = [m for m in cfg.pretrained_models.split(",") if m]
-        if len(names) != len(teacher_dims):
-            raise UserError(f"--pretrained_models={cfg.pretrained_models} names {len(names)} models "
-                            f"but {len(teacher_dims)} feature blocks were given")
-        scores, weights = zip(*(read_logme(m, cfg) for m in names))
-        for name, w, dim in zip(names, weights, teacher_dims):
-            if w.shape[1] != dim:
-                raise UserError(f"LogME weights of {name} are {w.shape[1]} wide but its features are {dim} "
-                                f"wide; run again: {logme_command(name, cfg)}")
+    def __init__(self, student_dim, teacher_dims, learn_scales=True, prior_lr=1e-2):
+        super().__init__(student_dim, teacher_dims, learn_scales, prior_lr)
+        self.student_dim = student_dim
+        # Filled in start(), from the LogME files: M_s (C x d) and sum_i pi_i M_i side by side (C x D).
+        self.register_buffer("pi", None)
+        self.register_buffer("student_weights", None)
+        self.register_buffer("teacher_weights", None)
+
+    def start(self, student, labels, teachers):
+        scores, weights = zip(*(read_logme(name, entries, dim, teachers) for name, entries, dim in
+                                zip(teachers.names, teachers.logme_entries, teachers.dims)))
         num_classes = weights[0].shape[0]
-        self.from_start = not cfg.init_model
-        if self.from_start:  # M_s is fitted in start(), from the random initialisation's features
-            own = torch.zeros(num_classes, student_dim)
-        else:
-            own = self.read_own_weights(student_dim, cfg)
+        if student.pretrained:
+            own = self.read_own_weights(student.name, teachers)
+        else:  # M_s is fitted below, from the random initialisation's features
+            own = torch.zeros(num_classes, self.student_dim)
         if any(w.shape[0] != num_classes for w in weights + (own,)):
             raise UserError(f"the LogME weights disagree on the number of classes "
-                            f"({own.shape[0]} for {cfg.model_class}, {[w.shape[0] for w in weights]} for "
-                            f"{', '.join(names)}); run logme.py again on each file")
-        pi = torch.softmax(torch.tensor(scores, dtype=torch.float64) / TEMPERATURE, 0)
-        self.register_buffer("pi", pi.float())
-        self.register_buffer("student_weights", own)  # M_s (C x d)
-        self.register_buffer("teacher_weights", torch.cat([p * w for p, w in zip(pi.float(), weights)], 1))  # (C x D)
-        self.model_class = cfg.model_class
+                            f"({own.shape[0]} for {student.name}, {[w.shape[0] for w in weights]} for "
+                            f"{', '.join(teachers.names)}); run logme.py again on each file")
+        pi = torch.softmax(torch.tensor(scores, dtype=torch.float64) / TEMPERATURE, 0).float()
+        device = labels.device
+        self.pi = pi.to(device)
+        self.teacher_weights = torch.cat([p * w for p, w in zip(pi, weights)], 1).to(device)
+        self.student_weights = own.to(device)
+        if not student.pretrained:
+            self.fit_own_weights(student, labels)
 
-    @staticmethod
-    def read_own_weights(student_dim, cfg):
-        _, own = read_logme(cfg.model_class, cfg)
-        own_path = feature_path(cfg.features_dir, cfg.model_class, cfg.dataset)
-        if own.shape[1] != student_dim:
+    def read_own_weights(self, model, teachers):
+        own_path = feature_path(teachers.features_dir, model, teachers.dataset)
+        if not os.path.exists(own_path):
+            raise UserError(f"B-Tuning needs {own_path}; create it with: "
+                            f"{save_features_command(model, teachers.dataset, teachers.features_dir)}, "
+                            f"then run: {logme_command(model, teachers)}")
+        cache = teachers.cache_of(model)
+        _, own = read_logme(model, cache, cache["train"].shape[1], teachers)
+        if own.shape[1] != self.student_dim:
             raise UserError(
                 f"B-Tuning reads the downstream model's features through the LogME weights of its own "
-                f"pre-trained features, {own_path}, which are {own.shape[1]} wide, but {cfg.model_class}'s "
-                f"features (the input of its head) are {student_dim} wide; that file must hold the features "
-                f"of --model_class={cfg.model_class} itself: {save_features_command(cfg.model_class, cfg.dataset, cfg.features_dir)}")
+                f"pre-trained features, {own_path}, which are {own.shape[1]} wide, but {model}'s "
+                f"features (the input of its head) are {self.student_dim} wide; that file must hold the features "
+                f"of --model_class={model} itself: {save_features_command(model, teachers.dataset, teachers.features_dir)}")
         return own
 
-    def start(self, student_features, labels):
-        if not self.from_start:
-            return
-        features = student_features()
+    def fit_own_weights(self, student, labels):
+        features = student.features()
         score, weights = logme(features, labels, num_classes=self.student_weights.shape[0])
         self.student_weights.copy_(weights.float())
         # Random features barely vary between examples, so their readout needs large weights, and
         # then small moves of phi change R a lot: worth saying, as it decides which betas make sense.
-        scale = float(weights.norm(dim=1).max() / self.teacher_weights.cpu().norm(dim=1).max().clamp(min=1e-12))
-        print(f"btune: {self.model_class} starts from random weights, so M_s is LogME of its features at "
+        scale = float(weights.norm(dim=1).max() / self.teacher_weights.norm(dim=1).max().clamp(min=1e-12))
+        print(f"btune: {student.name} starts from random weights, so M_s is LogME of its features at "
               f"initialisation ({len(labels)} train rows, score {score:.4f}); its rows are {scale:.3g}x "
               f"the pre-trained side's, so R reacts {scale:.3g}x as strongly to phi: try small betas", flush=True)
 

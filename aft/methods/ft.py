@@ -17,11 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from aft.datasets import train_eval_indices
-from aft.errors import UserError
-from aft.features import atomic_save, feature_path, read_features, safe_load
-from aft.methods import Regularizer, register_method
-from aft.runtime import resolve_device
+from aft.files import atomic_save, safe_load
+from aft.methods.base import Regularizer, register_method
 
 AE_SEED = 0  # the autoencoder is shared by every run (seed) that trains on the same rows
 AE_BATCH, AE_LR, AE_HOLDOUT = 1024, 3e-4, 0.1
@@ -78,51 +75,40 @@ def train_autoencoder(x, factor_dim, device):
     return encoder.cpu(), best
 
 
-def teacher_rows(cfg):
-    """The concatenated cached train features of the rows the run trains on, and what identifies them."""
-    names = [m for m in cfg.pretrained_models.split(",") if m]
-    caches = [read_features(feature_path(cfg.features_dir, m, cfg.dataset), m, cfg.dataset,
-                            features_dir=cfg.features_dir) for m in names]
-    rows, _ = train_eval_indices(caches[0]["train"].shape[0], cfg.train_frac, cfg.use_val)
-    x = torch.cat([c["train"][rows] for c in caches], 1).float()
+def autoencoder_key(x, teachers, factor_dim):
+    """What identifies the rows an autoencoder was trained on: a cache is reused only for the same."""
     xd = x.double()
     fingerprint = [xd.sum().item(), xd.pow(2).sum().item(), (xd.sum(1) * torch.arange(1, len(xd) + 1)).sum().item()]
-    key = dict(version=CACHE_VERSION, models=names, dataset=cfg.dataset, dims=[c["train"].shape[1] for c in caches],
-               n_train=caches[0]["train"].shape[0], train_frac=float(cfg.train_frac), use_val=bool(cfg.use_val),
-               fingerprint=fingerprint)
-    return x, key
-
-
-def cache_path(cfg):
-    names = [m for m in cfg.pretrained_models.split(",") if m]
-    suffix = ("" if cfg.train_frac == 1 else f"_train_frac={cfg.train_frac}") + ("_val" if cfg.use_val else "")
-    return feature_path(cfg.features_dir, "+".join(names), cfg.dataset)[: -len(".pt")] + f".ft{suffix}.pt"
+    return dict(version=CACHE_VERSION, models=teachers.names, dataset=teachers.dataset, dims=teachers.dims,
+                n_train=teachers.n_source, train_frac=float(teachers.train_frac), use_val=bool(teachers.use_val),
+                fingerprint=fingerprint, factor_dim=factor_dim)
 
 
 @register_method("ft")
 class FactorTransfer(Regularizer):
-    def __init__(self, student_dim, teacher_dims, cfg):
-        super().__init__(student_dim, teacher_dims, cfg)
+    def __init__(self, student_dim, teacher_dims, learn_scales=True, prior_lr=1e-2):
+        super().__init__(student_dim, teacher_dims, learn_scales, prior_lr)
         dim = sum(teacher_dims)
-        factor_dim = max(1, dim // 2)  # the paper's paraphraser rate k = 0.5
+        self.factor_dim = factor_dim = max(1, dim // 2)  # the paper's paraphraser rate k = 0.5
         self.translator = nn.Sequential(nn.Linear(student_dim, factor_dim), nn.ReLU(),
                                         nn.Linear(factor_dim, factor_dim))
         self.encoder = encoder_net(dim, factor_dim).requires_grad_(False)
-        self.encoder.load_state_dict(self.paraphraser(cfg, dim, factor_dim))
 
-    def paraphraser(self, cfg, dim, factor_dim):
-        x, key = teacher_rows(cfg)
-        if x.shape[1] != dim:
-            raise UserError(f"ft: the cached features are {x.shape[1]} wide, the run's teacher features {dim}")
-        key["factor_dim"] = factor_dim
-        path = cache_path(cfg)
+    def start(self, student, labels, teachers):
+        self.encoder.load_state_dict(self.paraphraser(teachers, labels.device))
+
+    def paraphraser(self, teachers, device):
+        x = torch.cat(teachers.train, 1).float()
+        key = autoencoder_key(x, teachers, self.factor_dim)
+        path = teachers.derived_path("ft")
         if os.path.exists(path):
             cached = safe_load(path, "factor-transfer autoencoder")
             if isinstance(cached, dict) and cached.get("key") == key:
                 return cached["encoder"]
             print(f"ft: {path} was made from other features or rows: training it again", flush=True)
-        print(f"ft: training the teacher autoencoder ({dim} -> {factor_dim}) on {len(x)} train rows", flush=True)
-        encoder, mse = train_autoencoder(x, factor_dim, resolve_device(cfg.device))
+        print(f"ft: training the teacher autoencoder ({x.shape[1]} -> {self.factor_dim}) on {len(x)} train rows",
+              flush=True)
+        encoder, mse = train_autoencoder(x, self.factor_dim, device)
         state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
         atomic_save(dict(key=key, encoder=state, heldout_mse=mse), path)
         print(f"ft: saved {path} (held-out reconstruction MSE {mse:.4g})", flush=True)

@@ -2,13 +2,13 @@
 teachers'; R = mean((phi V + b - psi)^2). The teachers have no task head, so this is KD on features."""
 import torch.nn as nn
 
-from aft.methods import Regularizer, register_method
+from aft.methods.base import Regularizer, register_method
 
 
 @register_method("kd")
 class FeatureDistillation(Regularizer):
-    def __init__(self, student_dim, teacher_dims, cfg):
-        super().__init__(student_dim, teacher_dims, cfg)
+    def __init__(self, student_dim, teacher_dims, learn_scales=True, prior_lr=1e-2):
+        super().__init__(student_dim, teacher_dims, learn_scales, prior_lr)
         self.proj = nn.Linear(student_dim, sum(teacher_dims))
 
     def forward(self, student_feat, teacher_feat):

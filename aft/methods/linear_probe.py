@@ -1,12 +1,19 @@
 """`linear_probe`: a linear classifier trained with CE on the cached pre-trained features alone, with
-no downstream model: how much the teachers' features know about the task. It regularises nothing;
-aft.train.run hands a run with this method to aft.probe.run_probe."""
-from aft.methods import Regularizer, register_method
+no downstream model: how much the teachers' features know about the task. aft.probe.ProbeTrainer
+trains it with the run's optimizer, schedule and loop."""
+import torch.nn as nn
+
+from aft.methods.base import MethodFacts, register_method
 
 
 @register_method("linear_probe")
-class LinearProbe(Regularizer):
-    probe = True
+class LinearProbe(MethodFacts, nn.Module):
+    takes_beta = False  # nothing is regularised
+    trains_student = False
 
-    def forward(self, student_feat, teacher_feat):
-        raise RuntimeError("linear_probe trains no downstream model; aft.train.run dispatches it to aft.probe")
+    def __init__(self, teacher_dims, num_classes):
+        super().__init__()
+        self.linear = nn.Linear(sum(teacher_dims), num_classes)
+
+    def forward(self, teacher_feat):
+        return self.linear(teacher_feat)

@@ -15,7 +15,7 @@ distance subtracts large numbers, and TF32 matmuls (on by default on CUDA here) 
 import torch
 import torch.nn.functional as F
 
-from aft.methods import Regularizer, register_method
+from aft.methods.base import Regularizer, register_method
 
 
 def squared_distances(x):

@@ -1,0 +1,97 @@
+"""Where the data lives, and the image decoding the image families share.
+
+The data folder: `--data_dir`, else `$AFT_DATA_DIR`, else `~/data` (the paper code's root). Offline
+(`HF_HUB_OFFLINE`, `HF_DATASETS_OFFLINE` or `TRANSFORMERS_OFFLINE` set) nothing is downloaded and a
+missing set is one line naming what to download and where to put it.
+
+Images of varying size (flowers, pets, aircraft, dtd, food, SNLI-VE) are decoded once: the shorter
+side resized to IMAGE_SIZE (256 px; bicubic, antialiased), then the central IMAGE_SIZE square. Each model
+then resizes that square on the device to its own input size, with its own crop fraction,
+interpolation, mean and std (timm's eval transform applied to the square). The decoded arrays are
+kept in `{data folder}/aft-decoded/` so later runs skip decoding (`AFT_DECODED_CACHE=0` turns that off;
+delete the folder after changing a dataset's files).
+"""
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from aft.files import atomic_save, safe_load
+
+IMAGE_SIZE = int(os.environ.get("AFT_IMAGE_SIZE", "256"))  # side of the decoded square images
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def data_root(data_dir=None):
+    return os.path.abspath(os.path.expanduser(data_dir or os.environ.get("AFT_DATA_DIR") or "~/data"))
+
+
+def offline():
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in OFFLINE_VARIABLES)
+
+
+def offline_reason():
+    """The variables that make this run offline, as `NAME=value` for an error message."""
+    return ", ".join(f"{v}={os.environ[v]}" for v in OFFLINE_VARIABLES if os.environ.get(v))
+
+
+def workers():
+    """Decoding threads: the cores this process may use, at most 32."""
+    try:
+        return max(1, min(32, len(os.sched_getaffinity(0))))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return max(1, min(32, os.cpu_count() or 1))
+
+
+def square_uint8(img, size=IMAGE_SIZE):
+    """A PIL image as a (3, size, size) uint8 tensor: shorter side to `size` (bicubic, which PIL
+    antialiases when shrinking), then the central square."""
+    from PIL import Image
+    img = img.convert("RGB")
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BICUBIC)
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))  # as torchvision's CenterCrop
+    img = img.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def decode_rows(n, get, size, desc):
+    """Call get(i) -> (uint8 (3, size, size), label) for every row, in threads (PIL decodes and
+    resizes without holding the GIL), into one preallocated tensor."""
+    from tqdm import tqdm
+    images = torch.empty((n, 3, size, size), dtype=torch.uint8)
+    labels = torch.empty(n, dtype=torch.long)
+
+    def work(i):
+        image, label = get(i)
+        images[i] = image
+        labels[i] = int(label)
+
+    with ThreadPoolExecutor(workers()) as pool:
+        for _ in tqdm(pool.map(work, range(n)), total=n, desc=f"decoding {desc}", leave=False, mininterval=2):
+            pass
+    return images, labels
+
+
+def decoded_cache(root, key, n, make):
+    """`make()` -> dict of tensors, kept at {root}/aft-decoded/{key}.pt; reused while it holds n rows."""
+    path = os.path.join(root, "aft-decoded", f"{key}.pt")
+    use = os.environ.get("AFT_DECODED_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
+    if use and os.path.exists(path):
+        try:
+            cached = safe_load(path, "decoded-image cache", mmap=True)
+            if int(cached["n"]) == n:
+                return cached
+        except Exception:  # unreadable or stale: decode again and replace it
+            pass
+    out = make()
+    if use:
+        try:
+            atomic_save(dict(out, n=n), path)
+        except OSError:  # a read-only data folder: decoding again next time is the only cost
+            pass
+    return out

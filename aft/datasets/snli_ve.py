@@ -1,0 +1,66 @@
+"""SNLI-VE: Flickr30k pictures paired with SNLI hypotheses (entailment / neutral / contradiction),
+from the Hugging Face copies the paper code loaded."""
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from aft.datasets.base import Split, Task, register_dataset
+from aft.datasets.decode import IMAGE_SIZE, data_root, decoded_cache, square_uint8, workers
+from aft.datasets.hf_text import hf_labels, hf_split
+from aft.inputs import ImageText
+
+SNLI_VE = {"train": "Multimodal-Fatima/SNLI-VE_train", "test": "Multimodal-Fatima/SNLI-VE_test"}
+SNLI_VE_CLASSES = ["entailment", "neutral", "contradiction"]
+
+
+def _snli_ve_split(split, root):
+    """Rows (picture, hypothesis, label) in the hub's order; each Flickr30k picture is decoded once,
+    however many hypotheses it has (about 17 per picture)."""
+    import datasets
+    ds = hf_split("snli-ve", SNLI_VE[split], None, split, root)
+    key = next((c for c in ("filename", "id_image") if c in ds.column_names), None)
+    rows = ds.select_columns([c for c in (key, "hypothesis", "label") if c])
+    texts, labels = rows["hypothesis"], hf_labels(rows)
+    first, index, picture_rows = {}, [], []  # picture key -> number; row -> picture; picture -> first row
+    for i, k in enumerate(rows[key] if key else range(len(texts))):
+        p = first.get(k)
+        if p is None:
+            p = first[k] = len(picture_rows)
+            picture_rows.append(i)
+        index.append(p)
+    index = torch.as_tensor(index, dtype=torch.long)
+    pictures = ds.select(picture_rows).select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
+
+    def make():
+        from PIL import Image
+        from tqdm import tqdm
+        images = torch.empty((len(pictures), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+        with ThreadPoolExecutor(workers()) as pool:  # bytes read here a batch at a time, decoded in threads
+            for start in tqdm(range(0, len(pictures), 512), desc=f"decoding snli-ve {split} pictures",
+                              leave=False, mininterval=2):
+                cells = pictures[start:start + 512]["image"]
+
+                def work(j):
+                    data = cells[j].get("bytes")
+                    img = Image.open(io.BytesIO(data)) if data is not None else Image.open(cells[j]["path"])
+                    images[start + j] = square_uint8(img, IMAGE_SIZE)
+
+                list(pool.map(work, range(len(cells))))
+        return {"images": images}
+
+    images = decoded_cache(root, f"snli-ve-{split}-{IMAGE_SIZE}px", len(pictures), make)["images"]
+    keep = labels >= 0
+    if not bool(keep.all()):
+        index, labels = index[keep], labels[keep]
+        texts = [t for t, k in zip(texts, keep.tolist()) if k]
+    return Split(ImageText(images, index, texts), labels)
+
+
+@register_dataset("snli-ve")
+def snli_ve(data_dir):
+    """SNLI-VE, the hub copies the paper code loaded. An image model reads the pictures, a text model
+    the hypotheses, CLIP both."""
+    root = data_root(data_dir)
+    return Task("snli-ve", "image_text", 3, _snli_ve_split("train", root), _snli_ve_split("test", root),
+                class_names=SNLI_VE_CLASSES)

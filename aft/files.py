@@ -1,0 +1,72 @@
+"""Files that are never half-written: every file the tool writes (feature caches, checkpoints,
+results, decoded images) goes to a temporary file beside its target, is flushed to disk and renamed
+into place, so a crash or a kill leaves either the old file or the new one, never a torn one. And
+loading a torch file never runs pickled code."""
+import json
+import os
+import tempfile
+import time
+
+import torch
+
+from aft.errors import UserError, first_line
+
+STALE_TEMP_SECONDS = 3600
+TEMP_PREFIX = ".tmp-"
+
+
+def atomic_write(path, write, binary=True):
+    """Call `write(f)` on a temporary file beside `path`, fsync, then rename it over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; these are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    remove_stale_temps(folder)
+
+
+def atomic_save(obj, path):
+    """torch.save `obj` to `path` atomically."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def write_json(path, obj):
+    """`obj` as indented JSON at `path`, atomically."""
+    atomic_write(path, lambda f: json.dump(obj, f, indent=1), binary=False)
+
+
+def remove_stale_temps(folder):
+    """A kill -9 mid-write leaves a `.tmp-*` file beside the target. Nothing ever reads one (the target
+    name is only ever made by the rename), and one unmodified for an hour is no longer being written
+    by anyone, so it is deleted here to give the disk space back."""
+    now = time.time()
+    for name in os.listdir(folder):
+        if name.startswith(TEMP_PREFIX):
+            stale = os.path.join(folder, name)
+            try:
+                if now - os.path.getmtime(stale) > STALE_TEMP_SECONDS:
+                    os.remove(stale)
+            except OSError:
+                pass  # another process removed it first
+
+
+def safe_load(path, what="file", mmap=False):
+    """torch.load with weights_only=True; a corrupt, truncated or code-carrying file is a UserError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch raises several types for a bad archive or a refused pickle
+        raise UserError(f"{path} is not a readable {what} ({first_line(e, limit=10_000)}); delete it and create it again")

@@ -1,0 +1,154 @@
+"""The one training loop every run goes through, whatever it trains.
+
+`fit(trainer, cfg, run_name, started)` runs `trainer.steps` steps over epochs of freshly shuffled
+batches, evaluates every `eval_steps`, writes a checkpoint there (and resumes from one), stops at
+the first NaN or inf loss, and logs to wandb. A trainer is anything with this small protocol:
+
+    steps, n_train, n_eval, precision        # totals of the run, and the arithmetic it used
+    widths(batches) -> per-batch text widths (host side, once per epoch; None for fixed-size inputs)
+    step(idx, width) -> (loss, ce, reg)      # device scalars; idx is a device tensor of train rows
+    evaluate() -> accuracy on the evaluation rows
+    state_dict() / load_state_dict(state)
+
+The losses stay on the device and are read back only at evaluations, so a step never waits for the
+device.
+"""
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+
+import torch
+from tqdm import tqdm
+
+from aft.config import BOOKKEEPING
+from aft.errors import UserError, first_line
+from aft.files import atomic_save, safe_load, write_json
+
+
+def make_optimizer(groups, cfg, device):
+    """Adam or SGD (momentum 0.9) over parameter groups; groups without their own lr/wd take the run's."""
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.wd, **fused)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.wd, **fused)
+
+
+def cosine_schedule(optimizer, steps):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+
+def epoch_batches(n, batch_size, seed, epoch):
+    """The batches of one epoch: a fresh shuffle per epoch, derived from (seed, epoch) so a resumed
+    run sees exactly the batches the uninterrupted run would have."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    size = min(batch_size, n)
+    return list(perm[: n - n % size].split(size))  # equal-size batches: no ragged last step
+
+
+def fit(trainer, cfg, run_name, started):
+    """Train to the end (resuming from the run's checkpoint when asked); returns the evaluations."""
+    device, steps = trainer.device, trainer.steps
+    ckpt_path = os.path.join(cfg.ckpt_dir, f"{run_name}.pt") if cfg.ckpt_dir else None
+    step, evals = 0, []
+    if cfg.resume and ckpt_path and os.path.exists(ckpt_path):
+        step, evals = load_checkpoint(ckpt_path, cfg, trainer, device)
+        print(f"resumed {run_name} from {ckpt_path} at step {step}", flush=True)
+
+    wandb_run = start_wandb(cfg, run_name) if cfg.use_wandb else None
+    n_train = trainer.n_train
+    batches_per_epoch = max(1, n_train // min(cfg.batch_size, n_train))
+    sums = torch.zeros(3, device=device)  # running loss, ce, reg since the last evaluation
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first step with a non-finite loss
+    since = step
+    split = "val" if cfg.use_val else "test"
+    bar = tqdm(total=steps, initial=step, desc=run_name, leave=False, mininterval=2, file=sys.stderr)
+    while step < steps:
+        epoch, offset = divmod(step, batches_per_epoch)
+        batches = epoch_batches(n_train, cfg.batch_size, cfg.seed, epoch)[offset:]
+        widths = trainer.widths(batches)
+        # One host-to-device copy per epoch rather than one (pageable, so synchronous) per step.
+        for idx, width in zip(torch.stack(batches).to(device).unbind(0), widths):
+            losses = torch.stack(trainer.step(idx, width))
+            step += 1
+            sums += losses
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses[0]),
+                                    torch.full_like(first_bad, step), first_bad)
+            bar.update(1)
+            if step % cfg.eval_steps == 0 or step == steps:
+                bad = int(first_bad)
+                if bad >= 0:
+                    bar.close()  # the error is then the last line on stderr, not glued to the bar
+                    # A checkpoint is written at every evaluation, so the last one holds the last good state.
+                    kept = f"; the last good checkpoint is {ckpt_path} (step {evals[-1]['step']})" if ckpt_path and evals else ""
+                    raise UserError(f"the loss became NaN or inf at step {bad}{kept}; lower --lr or --prec")
+                acc = trainer.evaluate()
+                loss_m, ce_m, reg_m = (sums / (step - since)).tolist()
+                evals.append(dict(step=step, loss=loss_m, ce=ce_m, reg=reg_m, acc=acc))
+                sums.zero_()
+                since = step
+                tqdm.write(f"step {step}/{steps} | loss {loss_m:.4f} | ce {ce_m:.4f} | reg {reg_m:.4f} | "
+                           f"{split}_acc {acc:.4f} | {time.time() - started:.0f}s")
+                if wandb_run is not None:
+                    wandb_run.log({"loss": loss_m, "ce": ce_m, "reg": reg_m, f"{split}_acc": acc}, step=step)
+                if ckpt_path:
+                    save_checkpoint(ckpt_path, trainer, step, evals, device, cfg)
+            if step >= steps:
+                break
+    bar.close()
+    return finish_run(cfg, run_name, trainer, split, evals, started, wandb_run)
+
+
+def finish_run(cfg, run_name, trainer, split, evals, started, wandb_run):
+    """The results JSON of a run (and its wandb summary); returns the results dict."""
+    results = dict(run_name=run_name, config=asdict(cfg), steps=trainer.steps, eval_split=split,
+                   n_train=trainer.n_train, n_eval=trainer.n_eval, evals=evals, final_acc=evals[-1]["acc"],
+                   device=trainer.device.type, precision=trainer.precision, seconds=round(time.time() - started, 1))
+    write_json(os.path.join(cfg.out_dir, f"{run_name}.json"), results)
+    if wandb_run is not None:
+        wandb_run.summary["final_acc"] = results["final_acc"]
+        wandb_run.finish()
+    return results
+
+
+def save_checkpoint(path, trainer, step, evals, device, cfg):
+    # evals and config as JSON strings: the file stays loadable with weights_only=True
+    state = dict(trainer.state_dict(), step=step, evals=json.dumps(evals), config=json.dumps(asdict(cfg)),
+                 rng_cpu=torch.get_rng_state())
+    if device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state()
+    atomic_save(state, path)
+
+
+def load_checkpoint(path, cfg, trainer, device):
+    """Restore the trainer's state and the RNG from a checkpoint; returns (step, evals). A checkpoint
+    of other settings (any flag outside the bookkeeping ones) is refused: resuming it would silently
+    mix two runs into one result."""
+    state = safe_load(path, "checkpoint")
+    afresh = "delete it, or pass another --run_name or --ckpt_dir, to start afresh"
+    if not isinstance(state, dict) or not {"model", "optimizer", "step", "evals", "rng_cpu"} <= set(state):
+        raise UserError(f"{path} is not a checkpoint written by run.py; {afresh}")
+    saved, now = json.loads(state.get("config", "{}")), asdict(cfg)
+    changed = [k for k in saved if k in now and k not in BOOKKEEPING and saved[k] != now[k]]
+    if changed:
+        was = ", ".join(f"--{k}={saved[k]} (now {now[k]})" for k in changed)
+        raise UserError(f"{path} was written with {was}; resume with the same flags, or {afresh}")
+    try:
+        trainer.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise UserError(f"{path} does not fit this model ({first_line(e)}); {afresh}") from None
+    torch.set_rng_state(state["rng_cpu"])
+    if device.type == "cuda" and "rng_cuda" in state:
+        torch.cuda.set_rng_state(state["rng_cuda"])
+    return state["step"], json.loads(state["evals"])
+
+
+def start_wandb(cfg, run_name):
+    import wandb
+    # Without credentials an online run cannot start; log offline then (`wandb sync` uploads later).
+    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    return wandb.init(project=cfg.wandb_project, name=run_name, config=asdict(cfg), mode=mode,
+                      group=cfg.wandb_group or f"{cfg.dataset}_{cfg.model_class}_{cfg.method}", reinit=True)

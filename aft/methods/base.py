@@ -1,0 +1,57 @@
+"""The interface every transfer method implements, and the registry that finds one by name.
+
+A method is an nn.Module regulariser R with `forward(student_feat, teacher_feat) -> scalar`,
+trained as CE + beta * R. Every method takes the same constructor arguments,
+`(student_dim, teacher_dims, learn_scales=True, prior_lr=1e-2)`: `teacher_dims` lists the width of
+each pre-trained model's features (their concatenation is `teacher_feat`); the last two matter only
+to methods with learned teacher-side weights. What a method needs from the run beyond that (the
+student's starting features, the labels, the teachers' cached features) it gets in `start()`, from
+the run that already has them. Its facts are class attributes, so the loop, the checks and the
+results table ask the method rather than test its name.
+"""
+import torch.nn as nn
+
+from aft.errors import UserError
+
+METHODS = {}
+
+
+def register_method(name):
+    def wrap(cls):
+        METHODS[name] = cls
+        cls.name = name
+        return cls
+    return wrap
+
+
+def get_method(name):
+    if name not in METHODS:
+        raise UserError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+class MethodFacts:
+    """What the rest of the tool needs to know of a method, with the usual values."""
+    uses_teacher = True  # False: the run needs no pre-trained features at all
+    takes_beta = True  # False: --prec changes nothing, so it is no hyperparameter (results ignore it)
+    baseline = False  # True: the method whose error is the unit of the results table (standard transfer)
+    augments = False  # True: --no_augment=False turns on train-time augmentation (the paper's init only)
+    trains_student = True  # False: no downstream model; a linear probe on the cached features (aft.probe)
+
+
+class Regularizer(MethodFacts, nn.Module):
+
+    def __init__(self, student_dim, teacher_dims, learn_scales=True, prior_lr=1e-2):
+        super().__init__()
+        self.prior_lr = prior_lr
+
+    def start(self, student, labels, teachers):
+        """Called once before the first step, after the module is on the run's device (that of
+        `labels`). `student` is an aft.teachers.Student (its name, whether pre-trained, and its
+        features at the start, computed only when asked), `labels` the labels of the train rows,
+        `teachers` an aft.teachers.TeacherFeatures (the cached features of those rows)."""
+
+    def param_groups(self):
+        """Optimizer groups for this module's own parameters; by default the model's lr and wd."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params}] if params else []

@@ -1,0 +1,70 @@
+"""`CLIP`: the paper's CLIP ResNet-50 for SNLI-VE, through open_clip (pip install open-clip-torch):
+timm has only its image tower (resnet50_clip.openai) and transformers no CLIP ResNet at all, while
+open_clip holds both towers and OpenAI's weights. Its feature is the outer product of its image and
+text embeddings (1024 x 1024), as in the paper's code."""
+import torch
+import torch.nn as nn
+
+from aft.errors import UserError, first_line
+from aft.models.base import ModelSpec, offline_error, uncached_hub_file
+
+CLIP_ARCH = "RN50"  # OpenAI's CLIP ResNet-50, the paper's `CLIP` (its code: clip.load("RN50"))
+CLIP_DIM = 1024  # width of its image and of its text embedding
+
+
+class CLIPPairFeatures(nn.Module):
+    """The paper's CLIP model for SNLI-VE: its feature is the outer product of the image embedding
+    and the text embedding of the hypothesis, flattened: 1024 x 1024 = 1,048,576 numbers."""
+
+    def __init__(self, clip):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, x):
+        image = self.clip.encode_image(x["image"])
+        text = self.clip.encode_text(x["text"])
+        return torch.einsum("bi,bj->bij", image, text).reshape(image.shape[0], -1)
+
+
+def _import_open_clip(name):
+    try:
+        import open_clip
+    except ImportError:
+        raise UserError(f"model {name} (OpenAI CLIP ResNet-50, image and text towers) needs the package "
+                        f"open-clip-torch: pip install open-clip-torch") from None
+    return open_clip
+
+
+def clip_spec(name):
+    """CLIP ResNet-50 with both towers and OpenAI's weights; its inputs are image + text pairs."""
+
+    def build(pretrained, dtype=None):
+        open_clip = _import_open_clip(name)
+        if pretrained:
+            repo = (open_clip.get_pretrained_cfg(CLIP_ARCH, "openai").get("hf_hub") or "").strip("/")
+            absent = repo and uncached_hub_file(repo, "open_clip_pytorch_model.bin")
+            if absent:
+                raise offline_error("CLIP ResNet-50 weights", f"{absent} is not in the cache")
+            try:
+                model = open_clip.create_model(CLIP_ARCH, pretrained="openai", force_quick_gelu=True,
+                                               require_pretrained=True)
+            except Exception as e:  # hub / download errors of several types
+                source = f"; open_clip fetches them from the hub repo {repo}" if repo else ""
+                raise offline_error("CLIP ResNet-50 weights", first_line(e) + source) from e
+        else:
+            model = open_clip.create_model(CLIP_ARCH, force_quick_gelu=True)
+        if dtype is not None:
+            model = model.to(dtype)
+        return CLIPPairFeatures(model), CLIP_DIM * CLIP_DIM
+
+    def make_inputs(raw, task, image_size=None):
+        from aft.inputs import ImageInputs, ImageText, PairInputs
+        if not isinstance(raw, ImageText):
+            raise UserError(f"model {name} takes image + text pairs (snli-ve), not dataset {task.name}")
+        open_clip = _import_open_clip(name)
+        ids = open_clip.get_tokenizer(CLIP_ARCH)(raw.texts).to(torch.int32)  # (N, 77), truncated like CLIP
+        images = ImageInputs(raw.images, image_size or 224, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD,
+                             crop_pct=1.0, interpolation="bicubic", index=raw.index)
+        return PairInputs(images, ids)
+
+    return ModelSpec(name, "image_text", build, make_inputs)

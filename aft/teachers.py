@@ -1,0 +1,73 @@
+"""What a run knows of its pre-trained models: their cached features of the rows it trains on (and
+evaluates on, for a linear probe), read once from the feature cache, computed on the spot when a
+cache is missing. Methods get them in `start()` instead of re-reading the files themselves."""
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from aft.datasets import subset_suffix
+from aft.errors import UserError
+from aft.features import feature_path, read_features, save_features_command
+
+
+@dataclass
+class Student:
+    """The downstream model as a method sees it before the first step."""
+    name: str
+    pretrained: bool
+    features: Callable[[], torch.Tensor]  # its features of the train rows now (computed when called)
+
+
+class TeacherFeatures:
+    """Each pre-trained model's cached features of the train rows (host tensors, in the run's row
+    order), the LogME entries of its file, and where files derived from them belong."""
+
+    def __init__(self, names, caches, train_rows, dataset, features_dir, train_frac, use_val, val_rows=None,
+                 keep_eval=False):
+        self.names, self.dataset, self.features_dir = list(names), dataset, features_dir
+        self.train_frac, self.use_val = train_frac, use_val
+        self.train = [c["train"][train_rows] for c in caches]
+        self.dims = [t.shape[1] for t in self.train]
+        self.n_source = caches[0]["train"].shape[0] if caches else 0  # rows of the dataset's train split
+        # Only a linear probe reads the teachers' features of the evaluated rows: the held-out train
+        # rows with use_val, else the test split.
+        self.eval = None if not keep_eval else [c["test"] if val_rows is None else c["train"][val_rows] for c in caches]
+        self.logme_entries = [{k: v for k, v in c.items() if k.startswith("logme_")} for c in caches]
+
+    @property
+    def suffix(self):
+        """Names the rows trained on, in files and keys derived from them (a subset, the val hold-out)."""
+        return subset_suffix(self.train_frac, self.use_val)
+
+    def derived_path(self, tag):
+        """{features_dir}/{models joined by '+'}_{dataset}.{tag}{suffix}.pt: a file computed from these
+        features of these rows (factor transfer's autoencoder)."""
+        return feature_path(self.features_dir, "+".join(self.names), self.dataset)[: -len(".pt")] + f".{tag}{self.suffix}.pt"
+
+    def cache_of(self, model):
+        """The whole cache file of `model` on this dataset (for a model that is not a teacher: the
+        downstream model's own pre-trained features, which B-Tuning reads)."""
+        return read_features(feature_path(self.features_dir, model, self.dataset), model, self.dataset,
+                             features_dir=self.features_dir)
+
+
+def load_teachers(cfg, task, train_rows, val_rows, device, keep_eval=False):
+    """The TeacherFeatures of a run; a missing cache is computed on the spot (as save_features.py would)."""
+    from aft.extract import extract_to_cache
+    caches = []
+    for name in cfg.teacher_names:
+        path = feature_path(cfg.features_dir, name, task.name)
+        if not os.path.exists(path):
+            print(f"features {path} not found: computing them now (same as save_features.py)", flush=True)
+            try:
+                extract_to_cache(name, task, path, cfg.extract_batch_size, device, cfg.precision,
+                                 cfg.image_size or None)
+            except UserError as e:
+                raise UserError(f"missing feature file {path}, and computing it here failed: {e}; make it where "
+                                f"the model loads with: {save_features_command(name, task.name, cfg.features_dir)} "
+                                f"and copy it to {path}") from None
+        caches.append(read_features(path, name, task.name, len(task.train), len(task.test), cfg.features_dir))
+    return TeacherFeatures(cfg.teacher_names, caches, train_rows, task.name, cfg.features_dir, cfg.train_frac,
+                           cfg.use_val, val_rows, keep_eval)
