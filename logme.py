@@ -9,29 +9,32 @@ atomically. run.py --method=btune reads them. It scores the rows run.py trains o
 --train_frac < 1 its fixed subsample (keys suffixed _train_frac={f}), with --use_val=True all but
 the held-out validation rows, so tuning on them never sees their labels (keys suffixed _val).
 """
-from absl import app, flags
+from absl import flags
 
-from aft.datasets import load_task, train_eval_indices
-from aft.errors import UserError, main_guard
+from aft import cli
+from aft.datasets import DATASETS, load_task, train_eval_indices
+from aft.errors import check_bounds, main_guard
 from aft.features import DEFAULT_FEATURES_DIR, feature_path, read_features
 from aft.files import atomic_save
 from aft.logme import logme
 from aft.methods.btune import logme_keys
 from aft.runtime import resolve_device
 
-flags.DEFINE_string("model_class", "all-MiniLM-L6-v2", "the model whose cached features are scored")
-flags.DEFINE_string("dataset", "tweets", "dataset name")
-flags.DEFINE_float("train_frac", 1.0, "score the fixed subsample of the train split that run.py --train_frac uses")
-flags.DEFINE_bool("use_val", False, "leave out the validation rows run.py --use_val=True holds out")
-flags.DEFINE_string("features_dir", DEFAULT_FEATURES_DIR, "folder of the feature cache")
-flags.DEFINE_string("data_dir", "", "folder of datasets on disk")
-flags.DEFINE_string("device", "auto", "auto, cpu, cuda, cuda:N")
+# The paper's code has no LogME script: every flag is this tool's own.
+BOUNDS = {"train_frac": "(0, 1]"}
+cli.define(cli.TOOL, "model_class", "all-MiniLM-L6-v2", "the model whose cached features are scored")
+cli.define(cli.TOOL, "dataset", "tweets", "dataset name", sorted(DATASETS))
+cli.define(cli.TOOL, "train_frac", 1.0, "score the fixed subsample of the train split that run.py --train_frac uses",
+           bound=BOUNDS["train_frac"])
+cli.define(cli.TOOL, "use_val", False, "leave out the validation rows run.py --use_val=True holds out")
+cli.define(cli.TOOL, "features_dir", DEFAULT_FEATURES_DIR, "folder of the feature cache")
+cli.define(cli.TOOL, "data_dir", "", "folder of datasets on disk")
+cli.define(cli.TOOL, "device", "auto", "auto, cpu, cuda, cuda:N")
 FLAGS = flags.FLAGS
 
 
 def score():
-    if not 0 < FLAGS.train_frac <= 1:
-        raise UserError(f"--train_frac={FLAGS.train_frac} must be in (0, 1]")
+    check_bounds(FLAGS, BOUNDS)
     task = load_task(FLAGS.dataset, FLAGS.data_dir or None)
     path = feature_path(FLAGS.features_dir, FLAGS.model_class, FLAGS.dataset)
     cache = read_features(path, FLAGS.model_class, FLAGS.dataset, len(task.train), len(task.test), FLAGS.features_dir)
@@ -54,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -2,33 +2,36 @@
 
     python run.py                          # the offline demo: tweets, tiny BERT, MiniLM features, AFT
     python run.py --method=init            # standard transfer learning on the same task
-    python run.py --helpfull               # every flag
+    python run.py --help                   # the flags: the paper's, then this tool's own
 
 Flags keep the names and meanings of the paper's code; the defaults live in aft.config.Config.
 """
 from dataclasses import fields
 
-from absl import app, flags
+from absl import flags
 
-from aft.config import Config
-from aft.errors import main_guard
+from aft import cli
+from aft.config import BOUNDS, Config
+from aft.datasets import DATASETS
+from aft.errors import check_bounds, main_guard
 from aft.experiment import run
+from aft.methods import METHODS
 
 HELP = {
     "seed": "random seed (model init, batch order, dropout)",
     "model_class": "downstream model: timm name, Hugging Face id or folder, or an embedded one (tiny_bert)",
     "init_model": "start from this model's pre-trained weights (= model_class); empty: random init",
-    "dataset": "dataset name (see aft/datasets/)",
+    "dataset": "the downstream task (README's Datasets)",
     "pretrained_models": "comma-separated pre-trained models whose cached features are concatenated",
-    "train_frac": "fraction of the training set used, in (0, 1]",
-    "use_val": "hold out 10%% of train (fixed split seed 42) and evaluate on it instead of test",
-    "method": "init (standard transfer learning), aft, kd, ...: see aft/methods",
-    "prec": "beta, the regularisation strength (>= 0)",
+    "train_frac": "fraction of the training set used (a fixed subset, the same for every seed)",
+    "use_val": "hold out 10% of train (fixed split seed 42) and evaluate on it instead of test",
+    "method": "init: standard transfer learning; aft: Adaptive Feature Transfer; the others: README's Methods",
+    "prec": "beta, the regularisation strength",
     "learn_scales": "AFT learns its per-feature scales (False: fixed at 1/2)",
     "prior_lr": "learning rate of AFT's scales",
     "steps": "training steps (x4 on mnli, qqp, qnli)",
     "eval_steps": "evaluate (and checkpoint) every this many steps",
-    "optimizer": "adam or sgd (momentum 0.9)",
+    "optimizer": "adam, or sgd with momentum 0.9",
     "batch_size": "training batch size",
     "lr": "learning rate (cosine schedule over the run)",
     "wd": "weight decay",
@@ -38,21 +41,49 @@ HELP = {
     "wandb_group": "wandb group (default: dataset_model_method)",
     "ckpt_dir": "write a checkpoint here at every evaluation",
     "resume": "continue from the checkpoint in --ckpt_dir if there is one",
+    "skip_done": "if the results JSON of this exact configuration exists, print its path and exit without training",
     "run_name": "name of the results file and checkpoint (default: from dataset, model, method, prec, lr, seed)",
     "features_dir": "folder of the feature cache {model}_{dataset}.pt",
     "data_dir": "folder of datasets on disk",
     "out_dir": "folder of the results JSON files",
     "device": "auto, cpu, cuda, cuda:N",
-    "precision": "auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32",
+    "precision": "auto: bf16 on CUDA, fp32 on CPU",
     "compile": "torch.compile the model",
     "image_size": "image input size (0: the model's own)",
+    "teacher_image_size": "image input size of the pre-trained models, when their features are computed and "
+                          "checked against their cache (0: each model's own)",
     "eval_batch_size": "batch size of evaluation",
     "extract_batch_size": "batch size when a missing feature cache is computed on the fly",
 }
+CHOICES = {"method": sorted(METHODS), "dataset": sorted(DATASETS), "optimizer": ["adam", "sgd"],
+           "precision": ["auto", "bf16", "fp32"]}
 
-DEFINE = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
+# The flags of the paper's run.py (its README's command and its main()'s other arguments), listed
+# first by --help; the rest are this tool's own.
+PAPER_FLAGS = {"seed", "model_class", "init_model", "dataset", "pretrained_models", "train_frac", "use_val",
+               "method", "prec", "learn_scales", "prior_lr", "steps", "eval_steps", "optimizer", "batch_size",
+               "lr", "wd", "no_augment", "use_wandb", "ckpt_dir", "run_name"}
+
+# The paper's run.py flags that change nothing here, accepted so that its command lines run:
+# name -> (default, help, bound, the line printed when the flag is given).
+PAPER_ONLY = {
+    "cache": (False, "in the paper's code, hold the dataset in memory; always so here", None,
+              "always so here: every dataset is held in memory (images decoded once, kept on disk) and the "
+              "pre-trained models' features are read from their cache files"),
+    "prior_freq": (1, "in the paper's code, update the downstream model at one step in every prior_freq and "
+                      "AFT's scales at every step; not used here: both at every step", "> 0",
+                   "not used: the downstream model and AFT's scales are updated together at every step "
+                   "(the paper's default, --prior_freq=1)"),
+    "prior_pretrain_steps": (0, "in the paper's code, steps of training the prior alone first (its training "
+                                "loop ignores them); not used here", ">= 0",
+                             "not used: AFT's scales are trained with the downstream model from the first step"),
+}
+
 for f in fields(Config):
-    DEFINE[type(f.default)](f.name, f.default, HELP[f.name])
+    cli.define(cli.PAPER if f.name in PAPER_FLAGS else cli.TOOL, f.name, f.default, HELP[f.name],
+               CHOICES.get(f.name), BOUNDS.get(f.name))
+for name, (default, text, bound, _) in PAPER_ONLY.items():
+    cli.define(cli.PAPER, name, default, text, bound=bound)
 FLAGS = flags.FLAGS
 
 
@@ -60,12 +91,21 @@ def config_from_flags():
     return Config(**{f.name: getattr(FLAGS, f.name) for f in fields(Config)})
 
 
+def start():
+    """Check and note the paper-only flags, then run."""
+    check_bounds(FLAGS, {name: bound for name, (_, _, bound, _) in PAPER_ONLY.items() if bound})
+    for name, (_, _, _, note) in PAPER_ONLY.items():
+        if FLAGS[name].present:
+            print(f"note: --{name}: {note}")
+    return run(config_from_flags())
+
+
 def main(argv):
     del argv
-    results = main_guard(lambda: run(config_from_flags()))
+    results = main_guard(start)
     print(f"final {results['eval_split']} accuracy: {results['final_acc']:.4f}  "
           f"({results['run_name']}, {results['seconds']:.0f}s)")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,43 +1,84 @@
-"""Cache a pre-trained model's features of a dataset's train and test splits.
+r"""Cache a pre-trained model's features of a dataset's train and test splits.
 
     python save_features.py --model_class=all-MiniLM-L6-v2 --dataset=tweets
     python save_features.py --model_class=vit_giant_patch14_dinov2.lvd142m --dataset=cifar10 \
         --save_path=./features/vit_giant_patch14_dinov2.lvd142m_cifar10.pt
+    python save_features.py --model_class=efficientnet_lite2 --dataset=digits --debug   # a try, nothing saved
 
 The file is written atomically; run.py finds it at {features_dir}/{model_class}_{dataset}.pt.
 """
+import dataclasses
 import os
+import tempfile
 
-from absl import app, flags
+import torch
+from absl import flags
 
-from aft.datasets import load_task
-from aft.errors import UserError, main_guard
+from aft import cli
+from aft.datasets import DATASETS, load_task
+from aft.errors import check_bounds, main_guard
 from aft.extract import extract_to_cache
 from aft.features import DEFAULT_FEATURES_DIR, feature_path
 from aft.runtime import resolve_device
 
-flags.DEFINE_string("model_class", "all-MiniLM-L6-v2", "pre-trained model (timm name, Hugging Face id or folder, embedded name)")
-flags.DEFINE_string("dataset", "tweets", "dataset name")
-flags.DEFINE_string("save_path", "", "output file (default {features_dir}/{model_class}_{dataset}.pt)")
-flags.DEFINE_string("features_dir", DEFAULT_FEATURES_DIR, "folder of the feature cache")
-flags.DEFINE_integer("batch_size", 256, "inference batch size")
-flags.DEFINE_integer("num_workers", 0, "decoding processes for datasets read from image files (0: in this process)")
-flags.DEFINE_string("data_dir", "", "folder of datasets on disk")
-flags.DEFINE_string("device", "auto", "auto, cpu, cuda, cuda:N")
-flags.DEFINE_string("precision", "auto", "auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32")
-flags.DEFINE_integer("image_size", 0, "image input size (0: the model's own)")
+BOUNDS = {"batch_size": "> 0", "num_workers": ">= 0", "image_size": ">= 0"}
+
+cli.define(cli.PAPER, "model_class", "all-MiniLM-L6-v2",
+           "pre-trained model: timm name, Hugging Face id or folder, or an embedded one")
+cli.define(cli.PAPER, "dataset", "tweets", "dataset name", sorted(DATASETS))
+cli.define(cli.PAPER, "save_path", "", "output file (default {features_dir}/{model_class}_{dataset}.pt)")
+cli.define(cli.PAPER, "batch_size", 256, "inference batch size", bound=BOUNDS["batch_size"])
+cli.define(cli.PAPER, "num_workers", 0, "CPU cores used, to decode images and to run the model on the CPU (0: all "
+           "this process may use; in the paper's code, data-loading processes)", bound=BOUNDS["num_workers"])
+cli.define(cli.PAPER, "debug", False, "a quick try: one batch of each split through the model, its feature width "
+           "printed, nothing saved")
+cli.define(cli.TOOL, "features_dir", DEFAULT_FEATURES_DIR, "folder of the feature cache")
+cli.define(cli.TOOL, "data_dir", "", "folder of datasets on disk")
+cli.define(cli.TOOL, "device", "auto", "auto, cpu, cuda, cuda:N")
+cli.define(cli.TOOL, "precision", "auto", "auto: bf16 on CUDA, fp32 on CPU", ["auto", "bf16", "fp32"])
+cli.define(cli.TOOL, "image_size", 0, "image input size (0: the model's own)", bound=BOUNDS["image_size"])
 FLAGS = flags.FLAGS
 
 
+def use_cores(n):
+    """Let this process use `n` of the CPU cores it may use (0: all of them). Image decoding runs
+    one thread per core it may use (aft.datasets.decode.workers), so that limit is set where the OS
+    offers one (Linux); torch's CPU threads follow it."""
+    if n == 0:
+        return
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:n])
+        n = len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+
+
+def extract(task, path):
+    return extract_to_cache(FLAGS.model_class, task, path, FLAGS.batch_size, resolve_device(FLAGS.device),
+                            FLAGS.precision, FLAGS.image_size or None)
+
+
+def debug(task):
+    """The paper's --debug: the first batch of each split through the model, nothing kept."""
+    first = {split: getattr(task, split).subset(torch.arange(min(FLAGS.batch_size, len(getattr(task, split)))))
+             for split in ("train", "test")}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = extract(dataclasses.replace(task, **first), os.path.join(tmp, "debug.pt"))
+    meta = cache["meta"]
+    finite = all(bool(torch.isfinite(cache[split]).all()) for split in first)
+    print(f"debug: {FLAGS.model_class} on {meta['n_train']} train and {meta['n_test']} test rows of "
+          f"{FLAGS.dataset}: {meta['dim']} features per row, {'all finite' if finite else 'some NaN or inf'}; "
+          f"nothing saved")
+
+
 def save():
-    if FLAGS.batch_size <= 0:
-        raise UserError(f"--batch_size={FLAGS.batch_size} must be > 0")
+    check_bounds(FLAGS, BOUNDS)
+    use_cores(FLAGS.num_workers)
+    task = load_task(FLAGS.dataset, FLAGS.data_dir or None)
+    if FLAGS.debug:
+        return debug(task)
     canonical = feature_path(FLAGS.features_dir, FLAGS.model_class, FLAGS.dataset)
     path = FLAGS.save_path or canonical
-    task = load_task(FLAGS.dataset, FLAGS.data_dir or None)
-    cache = extract_to_cache(FLAGS.model_class, task, path, FLAGS.batch_size, resolve_device(FLAGS.device),
-                             FLAGS.precision, FLAGS.image_size or None)
-    meta = cache["meta"]
+    meta = extract(task, path)["meta"]
     print(f"saved {path}: train {meta['n_train']} x {meta['dim']}, test {meta['n_test']} x {meta['dim']} "
           f"({meta['seconds']:.0f}s)")
     if os.path.abspath(path) != os.path.abspath(canonical):
@@ -52,4 +93,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -3,9 +3,11 @@
 The flags keep the names and meanings of the paper's run.py; run.py turns every field here into a
 flag of the same name.
 """
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import dataclass, fields
 
-from aft.errors import UserError
+from aft.errors import UserError, check_bounds
 from aft.features import DEFAULT_FEATURES_DIR
 
 
@@ -34,6 +36,7 @@ class Config:
     wandb_group: str = ""
     ckpt_dir: str = ""
     resume: bool = False
+    skip_done: bool = False
     run_name: str = ""
     features_dir: str = DEFAULT_FEATURES_DIR
     data_dir: str = ""
@@ -42,6 +45,7 @@ class Config:
     precision: str = "auto"
     compile: bool = False
     image_size: int = 0
+    teacher_image_size: int = 0  # 0: each teacher's own input size (never the student's --image_size)
     eval_batch_size: int = 512
     extract_batch_size: int = 256
 
@@ -50,9 +54,10 @@ class Config:
         return model_names(self.pretrained_models)
 
 
-# Flags that say where files go, how the run is logged and how fast it runs, not what it computes:
-# they may change when a killed run is resumed, and the results table does not tell runs apart by them.
-BOOKKEEPING = frozenset({"resume", "ckpt_dir", "run_name", "use_wandb", "wandb_project", "wandb_group",
+# Flags that say where files go, how the run is logged, how fast it runs and whether it runs at all,
+# not what it computes: they may change when a killed run is resumed, they are not part of a run's
+# identity (its name's hash), and the results table does not tell runs apart by them.
+BOOKKEEPING = frozenset({"resume", "skip_done", "ckpt_dir", "run_name", "use_wandb", "wandb_project", "wandb_group",
                          "features_dir", "data_dir", "out_dir", "device", "compile", "eval_steps",
                          "eval_batch_size", "extract_batch_size"})
 
@@ -62,27 +67,57 @@ def model_names(text):
     return [m for m in text.split(",") if m]
 
 
+def result_identity(cfg):
+    """Every setting that changes what a run computes: all of Config but BOOKKEEPING. Float flags
+    are kept as floats, so `Config(prec=10)` and `--prec=10` (10.0) are the same run."""
+    identity = {}
+    for f in fields(cfg):
+        if f.name not in BOOKKEEPING:
+            value = getattr(cfg, f.name)
+            identity[f.name] = float(value) if isinstance(f.default, float) else value
+    return identity
+
+
 def default_run_name(cfg):
+    """The readable settings, then 8 hex digits of the sha256 of the whole identity: runs that
+    differ in any setting (steps, batch size, teachers, ...) never share a results file."""
     parts = [cfg.dataset, cfg.model_class, cfg.method, f"prec{cfg.prec:g}", f"lr{cfg.lr:g}"]
     if cfg.train_frac != 1:
         parts.append(f"frac{cfg.train_frac:g}")
     parts.append(f"seed{cfg.seed}")
     if cfg.use_val:
         parts.append("val")
+    digest = hashlib.sha256(json.dumps(result_identity(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    parts.append(digest)
     return "_".join(parts).replace("/", "-")
+
+
+def check_same_run(path, saved, cfg, advice):
+    """Refuse to overwrite or continue the run recorded in `path` (a results JSON or a checkpoint,
+    whose config dict is `saved`) unless it is this configuration's. Each differing flag is named
+    as `--flag=then (now value)`. A flag only one side has counts as differing: a file written by
+    other code may not be the same run, and a file is never lost on a guess."""
+    now = result_identity(cfg)
+    then = {k: v for k, v in saved.items() if k not in BOOKKEEPING}
+    changes = [f"--{k}={then[k]} (now {now[k]})" for k in now if k in then and then[k] != now[k]]
+    changes += [f"--{k} unrecorded (now {now[k]})" for k in now if k not in then]
+    changes += [f"--{k}={then[k]} (no such flag now)" for k in then if k not in now]
+    if changes:
+        raise UserError(f"{path} was written with {', '.join(changes)}; {advice}")
+
+
+# Every numeric flag's bound (aft.errors.BOUND_TESTS), checked before anything loads; a numeric
+# field without one fails tests/test_flags.py.
+BOUNDS = {"seed": ">= 0", "train_frac": "(0, 1]", "prec": ">= 0", "prior_lr": "> 0", "steps": "> 0",
+          "eval_steps": "> 0", "batch_size": "> 0", "lr": "> 0", "wd": ">= 0", "image_size": ">= 0",
+          "teacher_image_size": ">= 0", "eval_batch_size": "> 0", "extract_batch_size": "> 0"}
 
 
 def check_config(cfg):
     """Every check that needs no data or model: a bad value fails here, before anything loads."""
     from aft.methods import get_method
     method = get_method(cfg.method)
-    if cfg.prec < 0:
-        raise UserError(f"--prec={cfg.prec} must be >= 0 (it is beta, the regularisation strength)")
-    if not 0 < cfg.train_frac <= 1:
-        raise UserError(f"--train_frac={cfg.train_frac} must be in (0, 1]")
-    for flag in ("steps", "batch_size", "eval_steps"):
-        if getattr(cfg, flag) <= 0:
-            raise UserError(f"--{flag}={getattr(cfg, flag)} must be > 0")
+    check_bounds(cfg, BOUNDS, notes={"prec": "it is beta, the regularisation strength"})
     if cfg.optimizer not in ("adam", "sgd"):
         raise UserError(f"--optimizer={cfg.optimizer}; valid: adam, sgd")
     if cfg.init_model and cfg.init_model != cfg.model_class:
@@ -92,6 +127,15 @@ def check_config(cfg):
         raise UserError("--resume needs --ckpt_dir (where the run's checkpoint is)")
     if method.uses_teacher and not cfg.teacher_names:
         raise UserError(f"--method={cfg.method} needs --pretrained_models (comma-separated model names)")
-    if method.trains_student:  # a linear probe has no downstream model
-        from aft.models import resolve_model
-        resolve_model(cfg.model_class)  # an unknown name fails now, not after the dataset is loaded
+    # The downstream model (a linear probe has none) and every teacher whose features will be
+    # computed must read the dataset's inputs: said now, not after a long load or extraction. An
+    # unknown name fails here too. A cached teacher's modality was checked when its cache was made.
+    from aft.datasets import dataset_entry
+    from aft.models import check_modality, resolve_model
+    from aft.teachers import uncached_teachers
+    dataset = dataset_entry(cfg.dataset)
+    models = [cfg.model_class] if method.trains_student else []
+    if method.uses_teacher:
+        models += uncached_teachers(cfg)
+    for name in models:
+        check_modality(resolve_model(name), dataset)

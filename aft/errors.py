@@ -1,4 +1,5 @@
 """One exception for every mistake a user can fix; the scripts print it as one line and exit 2."""
+import math
 import re
 import sys
 
@@ -8,10 +9,38 @@ class UserError(Exception):
 
 
 def first_line(err, limit=160):
-    """The first line of an exception's message (colour codes removed), cut to `limit` characters:
-    what a one-line error quotes of a library's long one."""
+    """The first line of an exception's message (colour codes removed), at most `limit` characters:
+    what a one-line error quotes of a library's long one. A longer line is cut after its last whole
+    word that fits and ends in "..." (a single word longer than that is cut where it must)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:limit]
+    line = text.splitlines()[0] if text else type(err).__name__
+    if len(line) <= limit:
+        return line
+    keep = limit - len("...")
+    space = line.rfind(" ", 0, keep + 1)  # a space right after the kept part still ends a whole word
+    return (line[:space] if space > 0 else line[:keep]).rstrip() + "..."
+
+
+# A numeric flag's bound, as its error line states it, and the test of it.
+BOUND_TESTS = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, "(0, 1]": lambda v: 0 < v <= 1}
+
+
+def bound_text(bound):
+    """A bound as a phrase: "> 0", "in (0, 1]"."""
+    return f"in {bound}" if bound.startswith("(") else bound
+
+
+def check_bounds(values, bounds, notes=None):
+    """Refuse the first flag outside its bound, as `--flag=value must be BOUND`: `values` has the
+    flags as attributes (a Config, absl's FLAGS), `bounds` maps a flag to a key of BOUND_TESTS, and
+    `notes` may add what a flag is to its error line. NaN and infinities are refused too."""
+    for flag, bound in bounds.items():
+        value = getattr(values, flag)
+        if math.isfinite(value) and BOUND_TESTS[bound](value):
+            continue
+        finite = "" if math.isfinite(value) else "finite and "
+        note = f" ({notes[flag]})" if notes and flag in notes else ""
+        raise UserError(f"--{flag}={value} must be {finite}{bound_text(bound)}{note}")
 
 
 def main_guard(fn):

@@ -1,10 +1,14 @@
-"""One run from its configuration to its results: check the flags, load the data and the teachers'
-cached features, build the trainer the method asks for, fit, write the results JSON."""
+"""One run from its configuration to its results: check the flags, make sure no other run's results
+or checkpoint would be overwritten (or skip a run already done, with --skip_done), load the data and
+the teachers' cached features, build the trainer the method asks for, fit, write the results JSON."""
+import json
+import os
 import time
 
-from aft.config import check_config, default_run_name
-from aft.datasets import load_task, train_eval_indices
-from aft.loop import fit
+from aft.config import check_config, check_same_run, default_run_name
+from aft.datasets import check_train_rows, load_task, train_eval_indices
+from aft.errors import UserError, first_line
+from aft.loop import AFRESH, fit, read_checkpoint
 from aft.methods import get_method
 from aft.probe import ProbeTrainer
 from aft.runtime import resolve_device, resolve_precision, seed_everything, speed_settings
@@ -13,21 +17,58 @@ from aft.train import Trainer
 
 
 def run(cfg):
-    """Train, evaluate every `eval_steps`, write the results JSON; returns the results dict."""
+    """Train, evaluate every `eval_steps`, write the results JSON; returns the results dict (with
+    --skip_done, that of the identical run already done, if there is one)."""
     check_config(cfg)
+    run_name = cfg.run_name or default_run_name(cfg)
+    done = earlier_run(cfg, run_name)
+    if done is not None:
+        return done
     method = get_method(cfg.method)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    speed_settings(device)
+    speed_settings(device, precision)
     seed_everything(cfg.seed)
-    run_name = cfg.run_name or default_run_name(cfg)
     started = time.time()
 
     task = load_task(cfg.dataset, cfg.data_dir or None)
     train_idx, val_idx = train_eval_indices(len(task.train), cfg.train_frac, cfg.use_val)
+    check_train_rows(task.name, len(task.train), len(train_idx), cfg.train_frac, cfg.use_val)
     eval_split = task.train.subset(val_idx) if cfg.use_val else task.test
     teachers = load_teachers(cfg, task, train_idx, val_idx, device, keep_eval=not method.trains_student) \
         if method.uses_teacher else None
     trainer_cls = Trainer if method.trains_student else ProbeTrainer
     trainer = trainer_cls(cfg, task, train_idx, eval_split, teachers, device, precision)
     return fit(trainer, cfg, run_name, started)
+
+
+def earlier_run(cfg, run_name):
+    """What this run's name already holds on disk. A results JSON or a checkpoint of another
+    configuration is refused: it would be overwritten (or, on --resume, continued; fit refuses
+    that). A results JSON of this configuration is returned when --skip_done asks to skip it;
+    None: train (redoing an identical run loses nothing)."""
+    path = os.path.join(cfg.out_dir, f"{run_name}.json")
+    if os.path.exists(path):
+        saved = read_results(path)
+        check_same_run(path, saved["config"], cfg, "pass another --run_name or --out_dir, or delete it to replace it")
+        if cfg.skip_done:
+            print(f"done already: {path}", flush=True)
+            return saved
+    ckpt = os.path.join(cfg.ckpt_dir, f"{run_name}.pt") if cfg.ckpt_dir else None
+    if ckpt and not cfg.resume and os.path.exists(ckpt):
+        check_same_run(ckpt, read_checkpoint(ckpt, mmap=True)[1], cfg, AFRESH)
+    return None
+
+
+def read_results(path):
+    """A results JSON written by run.py; any other file is refused rather than overwritten."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
+            return saved
+        problem = "it has no config"
+    except (OSError, ValueError) as e:
+        problem = first_line(e)
+    raise UserError(f"{path} is not a results JSON of run.py ({problem}); pass another --run_name or --out_dir, "
+                    "or move it away")

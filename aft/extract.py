@@ -86,7 +86,7 @@ def extract_to_cache(model_name, task, path, batch_size, device, precision="auto
     check_modality(spec, task)
     precision = resolve_precision(precision, device)
     start = time.time()
-    speed_settings(device)
+    speed_settings(device, precision)
     # Weights load straight in bf16 when that is the precision: a 7B LM then needs 14 GB, not 28.
     body, dim = spec.build(pretrained=True, dtype=torch.bfloat16 if precision == "bf16" else None)
     body = prepare_body(body, device, precision, spec.modality)
@@ -95,7 +95,8 @@ def extract_to_cache(model_name, task, path, batch_size, device, precision="auto
         inputs = spec.make_inputs(getattr(task, split).inputs, task, image_size).to(device)
         feats[split], batch_size = compute_features_adaptive(body, inputs, batch_size, device, precision,
                                                              f"{model_name} {task.name} {split}")
-    meta = make_meta(model_name, task.name, feats["train"], feats["test"], precision=precision,
-                     device=device.type, image_size=image_size or 0, seconds=round(time.time() - start, 1))
+    # image_size 0: the model's own; the modality tells a reader that a text model's cache has none
+    meta = make_meta(model_name, task.name, feats["train"], feats["test"], precision=precision, device=device.type,
+                     modality=spec.modality, image_size=image_size or 0, seconds=round(time.time() - start, 1))
     write_features(path, feats["train"], feats["test"], meta)
     return {"train": feats["train"], "test": feats["test"], "meta": meta}

@@ -15,14 +15,34 @@ from aft.files import atomic_save, safe_load
 DEFAULT_FEATURES_DIR = "./features"  # the paper's folder; every script's --features_dir default
 
 
+LOCAL_FOLDER_PREFIXES = ("local-dir:", "timm:", "hf:")
+
+
+def cache_name(model):
+    """The model's part of its cache file name. A model given as a local folder (an absolute or
+    relative path) is named by the folder's own name, so its cache stays inside the features folder
+    (the full path is in the cache's meta, and a folder of the same name elsewhere is refused there);
+    any other name with '/' (Hugging Face ids) makes sub-folders, like the paper's cache."""
+    path = model
+    for prefix in LOCAL_FOLDER_PREFIXES:
+        path = path.removeprefix(prefix)
+    if os.path.isabs(path) or os.path.isdir(path):
+        return os.path.basename(os.path.normpath(path))
+    return model
+
+
 def feature_path(features_dir, model, dataset):
-    # A model name with '/' (Hugging Face ids) makes sub-folders, like the paper's cache.
-    return os.path.join(features_dir, f"{model}_{dataset}.pt")
+    return os.path.join(features_dir, f"{cache_name(model)}_{dataset}.pt")
 
 
-def save_features_command(model, dataset, features_dir=DEFAULT_FEATURES_DIR):
+def save_features_command(model, dataset, features_dir=DEFAULT_FEATURES_DIR, image_size=0):
+    size = f" --image_size={image_size}" if image_size else ""
     return (f"python save_features.py --model_class={model} --dataset={dataset} "
-            f"--save_path={feature_path(features_dir, model, dataset)}")
+            f"--save_path={feature_path(features_dir, model, dataset)}{size}")
+
+
+def _size_in_words(image_size):
+    return f"{image_size} px" if image_size else "the model's own input size"
 
 
 def make_meta(model, dataset, train, test, **extra):
@@ -33,6 +53,8 @@ def make_meta(model, dataset, train, test, **extra):
                 dim=int(train.shape[1]), dtype=str(train.dtype).replace("torch.", ""),
                 torch=str(torch.__version__), timm=timm.__version__, transformers=transformers.__version__,
                 numpy=numpy.__version__, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if cache_name(model) != model:  # a local folder: the file is named by the folder, so keep where it was
+        meta["model_path"] = os.path.abspath(model.split(":", 1)[1] if model.startswith(LOCAL_FOLDER_PREFIXES) else model)
     meta.update(extra)
     return meta
 
@@ -41,21 +63,32 @@ def write_features(path, train, test, meta):
     atomic_save({"train": train.contiguous(), "test": test.contiguous(), "meta": meta}, path)
 
 
-def read_features(path, model=None, dataset=None, n_train=None, n_test=None, features_dir=DEFAULT_FEATURES_DIR):
-    """Load a cache and check it against what the caller trains on; any mismatch is a UserError."""
+def read_features(path, model=None, dataset=None, n_train=None, n_test=None, features_dir=DEFAULT_FEATURES_DIR,
+                  image_size=None):
+    """Load a cache and check it against what the caller trains on; any mismatch is a UserError.
+
+    `image_size`: the input size the caller expects the model to have seen images at (0: its own; None:
+    not checked). Text caches have none; one without the meta key (older ones) counts as 0.
+    """
     if not os.path.exists(path):
-        raise UserError(f"missing feature file {path}; create it with: "
-                        f"{save_features_command(model or '<model>', dataset or '<dataset>', features_dir)}")
+        command = save_features_command(model or "<model>", dataset or "<dataset>", features_dir, image_size)
+        raise UserError(f"missing feature file {path}; create it with: {command}")
     cache = safe_load(path, "feature file")
     if not isinstance(cache, dict) or not {"train", "test", "meta"} <= set(cache):
         raise UserError(f"{path} is not a feature file (needs keys train, test, meta); "
                         f"create it again with save_features.py")
     meta = cache["meta"]
-    redo = f"; create it again with: {save_features_command(model or meta.get('model'), dataset or meta.get('dataset'), features_dir)}"
+    redo = "; create it again with: " + save_features_command(
+        model or meta.get("model"), dataset or meta.get("dataset"), features_dir, image_size)
     if model is not None and meta.get("model") != model:
         raise UserError(f"{path} holds features of model {meta.get('model')!r}, not {model!r}{redo}")
     if dataset is not None and meta.get("dataset") != dataset:
         raise UserError(f"{path} holds features of dataset {meta.get('dataset')!r}, not {dataset!r}{redo}")
+    made_at = meta.get("image_size") or 0
+    if image_size is not None and meta.get("modality") != "text" and made_at != image_size:
+        raise UserError(f"{path} holds features of images at {_size_in_words(made_at)}, but this run expects "
+                        f"{_size_in_words(image_size)} (--teacher_image_size={image_size}); use it with "
+                        f"--teacher_image_size={made_at}, or{redo[1:]}")
     for split, n in (("train", n_train), ("test", n_test)):
         rows = cache[split].shape[0]
         if n is not None and rows != n:

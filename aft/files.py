@@ -4,6 +4,7 @@ into place, so a crash or a kill leaves either the old file or the new one, neve
 loading a torch file never runs pickled code."""
 import json
 import os
+import signal
 import tempfile
 import time
 
@@ -13,6 +14,10 @@ from aft.errors import UserError, first_line
 
 STALE_TEMP_SECONDS = 3600
 TEMP_PREFIX = ".tmp-"
+# A test hook, unset in normal use: with this variable set, a writer stops itself (SIGSTOP) after its
+# temporary file is complete and synced, before the rename, so a test can SIGKILL it at exactly that
+# moment, or let it go on (SIGCONT), however fast the machine (tests/test_reliability.py).
+STOP_BEFORE_RENAME = "AFT_TEST_STOP_BEFORE_RENAME"
 
 
 def atomic_write(path, write, binary=True):
@@ -29,6 +34,8 @@ def atomic_write(path, write, binary=True):
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; these are ordinary files
+        if os.environ.get(STOP_BEFORE_RENAME):
+            os.kill(os.getpid(), signal.SIGSTOP)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -5,6 +5,7 @@ the device; a training step then only indexes those tensors (and, for images, re
 normalises the batch on the device).
 """
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -167,3 +168,19 @@ class PairInputs:
 
     def widths(self, batches):
         return [None] * len(batches)
+
+
+MAX_UPSCALE = 4  # beyond this a picture is mostly interpolation: the model computes on blur, and slowly
+
+
+def warn_upscale(inputs, model):
+    """One warning line when a downstream model's inputs enlarge the dataset's pictures more than
+    MAX_UPSCALE times (digits' 8 px at 224 px), naming the flag that avoids it."""
+    images = inputs.image_inputs if isinstance(inputs, PairInputs) else inputs
+    if not isinstance(images, ImageInputs):
+        return
+    native = images.images.shape[-1]
+    if images.size > MAX_UPSCALE * native:
+        print(f"warning: {model} enlarges the {native} px images {images.size / native:.0f}x, to {images.size} px; "
+              f"a smaller --image_size (e.g. --image_size={MAX_UPSCALE * native}) avoids that", file=sys.stderr,
+              flush=True)

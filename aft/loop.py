@@ -2,7 +2,8 @@
 
 `fit(trainer, cfg, run_name, started)` runs `trainer.steps` steps over epochs of freshly shuffled
 batches, evaluates every `eval_steps`, writes a checkpoint there (and resumes from one), stops at
-the first NaN or inf loss, and logs to wandb. A trainer is anything with this small protocol:
+the first NaN or inf loss, logs to wandb, and writes the results JSON with its provenance (commit,
+library versions, command line). A trainer is anything with this small protocol:
 
     steps, n_train, n_eval, precision        # totals of the run, and the arithmetic it used
     widths(batches) -> per-batch text widths (host side, once per epoch; None for fixed-size inputs)
@@ -16,6 +17,8 @@ device.
 import json
 import math
 import os
+import platform
+import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -23,7 +26,7 @@ from dataclasses import asdict
 import torch
 from tqdm import tqdm
 
-from aft.config import BOOKKEEPING
+from aft.config import check_same_run
 from aft.errors import UserError, first_line
 from aft.files import atomic_save, safe_load, write_json
 
@@ -106,12 +109,43 @@ def finish_run(cfg, run_name, trainer, split, evals, started, wandb_run):
     """The results JSON of a run (and its wandb summary); returns the results dict."""
     results = dict(run_name=run_name, config=asdict(cfg), steps=trainer.steps, eval_split=split,
                    n_train=trainer.n_train, n_eval=trainer.n_eval, evals=evals, final_acc=evals[-1]["acc"],
-                   device=trainer.device.type, precision=trainer.precision, seconds=round(time.time() - started, 1))
+                   device=trainer.device.type, precision=trainer.precision, seconds=round(time.time() - started, 1),
+                   provenance=provenance())
     write_json(os.path.join(cfg.out_dir, f"{run_name}.json"), results)
     if wandb_run is not None:
         wandb_run.summary["final_acc"] = results["final_acc"]
         wandb_run.finish()
     return results
+
+
+CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def provenance():
+    """What made a result: the code's git commit, the library versions and the command line."""
+    import numpy
+    import timm
+    import transformers
+    commit, dirty = git_state(CODE_ROOT)
+    return dict(commit=commit, dirty=dirty, python=platform.python_version(), torch=torch.__version__,
+                timm=timm.__version__, transformers=transformers.__version__, numpy=numpy.__version__,
+                argv=list(sys.argv))
+
+
+def git_state(root):
+    """(commit, dirty) of the git checkout whose top folder is `root`, dirty meaning tracked files
+    changed since that commit (untracked ones, like results, do not count, as in `git describe
+    --dirty`); ("unknown", "unknown") when `root` is not such a checkout, e.g. the package was
+    installed elsewhere (a checkout around it would be another project's commit) or git is missing."""
+    def git(*args):  # no optional locks: `status` must not take the index lock from a concurrent git command
+        return subprocess.run(["git", "--no-optional-locks", "-C", root, *args], capture_output=True, text=True,
+                              check=True, timeout=60).stdout.strip()
+    try:
+        if os.path.realpath(git("rev-parse", "--show-toplevel")) != os.path.realpath(root):
+            return "unknown", "unknown"
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", "unknown"
 
 
 def save_checkpoint(path, trainer, step, evals, device, cfg):
@@ -123,23 +157,28 @@ def save_checkpoint(path, trainer, step, evals, device, cfg):
     atomic_save(state, path)
 
 
+AFRESH = "delete it, or pass another --run_name or --ckpt_dir, to start afresh"
+
+
+def read_checkpoint(path, mmap=False):
+    """(state, config dict) of a checkpoint written by save_checkpoint; any other file is refused.
+    With mmap the tensors are mapped rather than read: cheap when only the config is wanted."""
+    state = safe_load(path, "checkpoint", mmap=mmap)
+    if not isinstance(state, dict) or not {"model", "optimizer", "step", "evals", "rng_cpu"} <= set(state):
+        raise UserError(f"{path} is not a checkpoint written by run.py; {AFRESH}")
+    return state, json.loads(state.get("config", "{}"))
+
+
 def load_checkpoint(path, cfg, trainer, device):
     """Restore the trainer's state and the RNG from a checkpoint; returns (step, evals). A checkpoint
     of other settings (any flag outside the bookkeeping ones) is refused: resuming it would silently
     mix two runs into one result."""
-    state = safe_load(path, "checkpoint")
-    afresh = "delete it, or pass another --run_name or --ckpt_dir, to start afresh"
-    if not isinstance(state, dict) or not {"model", "optimizer", "step", "evals", "rng_cpu"} <= set(state):
-        raise UserError(f"{path} is not a checkpoint written by run.py; {afresh}")
-    saved, now = json.loads(state.get("config", "{}")), asdict(cfg)
-    changed = [k for k in saved if k in now and k not in BOOKKEEPING and saved[k] != now[k]]
-    if changed:
-        was = ", ".join(f"--{k}={saved[k]} (now {now[k]})" for k in changed)
-        raise UserError(f"{path} was written with {was}; resume with the same flags, or {afresh}")
+    state, saved = read_checkpoint(path)
+    check_same_run(path, saved, cfg, f"resume with the same flags, or {AFRESH}")
     try:
         trainer.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as e:
-        raise UserError(f"{path} does not fit this model ({first_line(e)}); {afresh}") from None
+        raise UserError(f"{path} does not fit this model ({first_line(e)}); {AFRESH}") from None
     torch.set_rng_state(state["rng_cpu"])
     if device.type == "cuda" and "rng_cuda" in state:
         torch.cuda.set_rng_state(state["rng_cuda"])

@@ -39,8 +39,10 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def speed_settings(device):
+def speed_settings(device, precision):
+    """Fast kernels on CUDA. TF32 matmuls only with bf16: --precision=fp32 keeps PyTorch's defaults
+    (full fp32 matmuls, TF32 convolutions), the arithmetic the paper's code ran with."""
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = precision == "bf16"
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True

@@ -41,10 +41,10 @@ class TeacherFeatures:
         """Names the rows trained on, in files and keys derived from them (a subset, the val hold-out)."""
         return subset_suffix(self.train_frac, self.use_val)
 
-    def derived_path(self, tag):
-        """{features_dir}/{models joined by '+'}_{dataset}.{tag}{suffix}.pt: a file computed from these
-        features of these rows (factor transfer's autoencoder)."""
-        return feature_path(self.features_dir, "+".join(self.names), self.dataset)[: -len(".pt")] + f".{tag}{self.suffix}.pt"
+    def derived_path(self, model, tag):
+        """{features_dir}/{model}_{dataset}.{tag}{suffix}.pt: a file computed from `model`'s features of
+        these rows (factor transfer's autoencoder)."""
+        return feature_path(self.features_dir, model, self.dataset)[: -len(".pt")] + f".{tag}{self.suffix}.pt"
 
     def cache_of(self, model):
         """The whole cache file of `model` on this dataset (for a model that is not a teacher: the
@@ -53,21 +53,36 @@ class TeacherFeatures:
                              features_dir=self.features_dir)
 
 
+def uncached_teachers(cfg):
+    """The teachers of a run whose feature cache is not there yet: load_teachers computes them."""
+    return [m for m in cfg.teacher_names if not os.path.exists(feature_path(cfg.features_dir, m, cfg.dataset))]
+
+
 def load_teachers(cfg, task, train_rows, val_rows, device, keep_eval=False):
-    """The TeacherFeatures of a run; a missing cache is computed on the spot (as save_features.py would)."""
+    """The TeacherFeatures of a run; a missing cache is computed on the spot (as save_features.py would).
+
+    Teachers see images at their own input size (--teacher_image_size overrides it), never at the
+    student's --image_size: a cache then serves any student, and one made at another size is refused.
+    """
     from aft.extract import extract_to_cache
+    size = cfg.teacher_image_size
+    missing = uncached_teachers(cfg)
     caches = []
     for name in cfg.teacher_names:
         path = feature_path(cfg.features_dir, name, task.name)
-        if not os.path.exists(path):
+        if name in missing:
             print(f"features {path} not found: computing them now (same as save_features.py)", flush=True)
+            # Building the teacher draws random numbers (its weights are initialised before they are
+            # loaded): on a forked RNG, so the student starts the same whether or not the cache existed.
             try:
-                extract_to_cache(name, task, path, cfg.extract_batch_size, device, cfg.precision,
-                                 cfg.image_size or None)
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    extract_to_cache(name, task, path, cfg.extract_batch_size, device, cfg.precision, size or None)
             except UserError as e:
+                command = save_features_command(name, task.name, cfg.features_dir, size)
                 raise UserError(f"missing feature file {path}, and computing it here failed: {e}; make it where "
-                                f"the model loads with: {save_features_command(name, task.name, cfg.features_dir)} "
+                                f"the model loads with: {command} "
                                 f"and copy it to {path}") from None
-        caches.append(read_features(path, name, task.name, len(task.train), len(task.test), cfg.features_dir))
+        caches.append(read_features(path, name, task.name, len(task.train), len(task.test), cfg.features_dir,
+                                    image_size=size))
     return TeacherFeatures(cfg.teacher_names, caches, train_rows, task.name, cfg.features_dir, cfg.train_frac,
                            cfg.use_val, val_rows, keep_eval)

@@ -6,6 +6,7 @@ step, and a step returns its losses still on the device; aft.loop drives it.
 import torch
 import torch.nn.functional as F
 
+from aft.inputs import warn_upscale
 from aft.loop import cosine_schedule, make_optimizer
 from aft.methods import get_method
 from aft.models import check_modality, create_classifier
@@ -47,6 +48,7 @@ class Trainer:
         # Preprocess once; only the rows trained on are kept.
         image_size = cfg.image_size or None
         self.train_inputs = spec.make_inputs(task.train.subset(train_idx).inputs, task, image_size).to(device)
+        warn_upscale(self.train_inputs, cfg.model_class)
         self.train_labels = task.train.labels[train_idx].to(device)
         self.eval_inputs = spec.make_inputs(eval_split.inputs, task, image_size).to(device)
         self.eval_labels = eval_split.labels.to(device)

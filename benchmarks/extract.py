@@ -133,7 +133,7 @@ def bench_upstream(args, name, body, paths, device, peak):
 
 def bench_project(args, name, spec, body, paths, device, precision, peak):
     free(device)
-    speed_settings(device)
+    speed_settings(device, precision)
     body = prepare_body(body, device, precision, spec.modality)
     task = Task("bench_files", "image", 10, Split(None, torch.zeros(0)), Split(None, torch.zeros(0)))
 

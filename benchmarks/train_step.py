@@ -88,7 +88,7 @@ def bench_project(args, name, method, task, psi, device, precision, peak):
                  steps=total, eval_steps=total, batch_size=args.batch_size, lr=1e-4, optimizer="adam",
                  compile=args.compile, image_size=args.image_size, device=str(device), precision=precision)
     seed_everything(0)
-    speed_settings(device)
+    speed_settings(device, precision)
     rows = torch.arange(n)
     teachers = TeacherFeatures(["random"], [dict(train=psi)], rows, task.name, cfg.features_dir, 1.0, False) \
         if get_method(method).uses_teacher else None

@@ -1,7 +1,8 @@
 #!/bin/sh
 # The offline demo over 3 seeds: a tiny BERT trained on 38,158 tweets by each method in METHODS, the
 # transfer methods from all-MiniLM-L6-v2's cached features. Then the table of test accuracies
-# (mean ± std over seeds) and of the error relative to init.
+# (mean ± std over seeds) and of the error relative to init. Started again, it skips the runs whose
+# results JSON of the same configuration exists (run.py --skip_done); a changed setting runs afresh.
 #
 #   sh examples/quickstart.sh                  # init, kd, aft; from the repository root (features/ is read there)
 #   METHODS=all sh examples/quickstart.sh      # every method of the README's table
@@ -50,7 +51,8 @@ for seed in $SEEDS; do
         lr=""
         [ "$method" = linear_probe ] && lr="--lr=$LINEAR_PROBE_LR"
         # shellcheck disable=SC2086  # EXTRA is a list of flags
-        python "$ROOT/run.py" --seed="$seed" --method="$method" --prec="$(prec_of "$method")" $lr --out_dir="$OUT" $EXTRA
+        python "$ROOT/run.py" --seed="$seed" --method="$method" --prec="$(prec_of "$method")" $lr --out_dir="$OUT" \
+            --skip_done=True $EXTRA
     done
 done
 

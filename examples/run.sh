@@ -2,8 +2,10 @@
 # Step 2 of the paper's pipeline: train the downstream model with one method and beta over seeds,
 # with the paper's command (ViT-S on CIFAR-10 with AFT from ViT-G DINOv2 and ViT-G CLIP, beta 10),
 # then print the table of every result in $OUT. Missing feature caches are computed on the spot;
-# examples/save_features.sh makes them ahead of time. A killed run resumes from its checkpoint when
-# the script is started again.
+# examples/save_features.sh makes them ahead of time. Started again, the script skips each run whose
+# results JSON of the same configuration exists (run.py --skip_done) and resumes a killed one from
+# its checkpoint; a changed setting runs afresh under its own name (run.py's default: the main
+# settings and a hash of all of them).
 #
 #   sh examples/run.sh
 #   METHOD=kd PREC=1 SEEDS="0 1 2" sh examples/run.sh
@@ -54,6 +56,7 @@ for seed in $SEEDS; do
         --out_dir="$OUT" \
         --ckpt_dir="$CKPT_DIR" \
         --resume=True \
+        --skip_done=True \
         $EXTRA
 done
 

@@ -7,9 +7,10 @@
 #   sh examples/sweep_beta.sh                                  # the settings below
 #   SEEDS="0 1" BETAS="1 10" STEPS=500 sh examples/sweep_beta.sh   # any setting from the environment
 #
-# A run whose results JSON exists is skipped, and a killed run resumes from its checkpoint, so the
-# script can simply be started again after an interruption. Run it from the folder that holds
-# features/ (the feature caches; missing ones are computed on the spot).
+# A run whose results JSON of the same configuration exists is skipped (run.py --skip_done decides,
+# from every setting, EXTRA included), and a killed run resumes from its checkpoint, so the script
+# can simply be started again after an interruption; a changed setting runs afresh. Run it from the
+# folder that holds features/ (the feature caches; missing ones are computed on the spot).
 set -e
 
 DATASET=${DATASET:-cifar10}
@@ -24,29 +25,31 @@ EVAL_STEPS=${EVAL_STEPS:-500}
 BATCH_SIZE=${BATCH_SIZE:-128}
 LR=${LR:-1e-4}
 EXTRA=${EXTRA:-}                           # more run.py flags, e.g. "--image_size=16 --device=cpu"
-OUT=${OUT:-results/sweep_${DATASET}}       # results JSONs, beta.png, chosen.txt
-CKPT_DIR=${CKPT_DIR:-checkpoints/sweep_${DATASET}}
+SWEEP=$(echo "${DATASET}_$MODEL" | tr / -)
+OUT=${OUT:-results/sweep_$SWEEP}           # results JSONs, beta.png, chosen.txt; one folder per dataset and model,
+CKPT_DIR=${CKPT_DIR:-checkpoints/sweep_$SWEEP}  # so the table and the chosen betas are this sweep's
 USE_WANDB=${USE_WANDB:-False}
-WANDB_GROUP=${WANDB_GROUP:-sweep_${DATASET}_$(echo "$MODEL" | tr / -)}  # one wandb group per sweep
+WANDB_GROUP=${WANDB_GROUP:-sweep_$SWEEP}   # one wandb group per sweep
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # for python -m aft.results from any folder
 
-# train METHOD BETA SEED USE_VAL: one run.py run, skipped when its results JSON exists
+# train METHOD BETA SEED USE_VAL: one run.py run under its default name (the main settings and a
+# hash of all of them); run.py skips it when a results JSON of exactly this configuration exists
 train() {
-    name="$(echo "$DATASET" | tr / -)_${1}_prec${2}_seed${3}"
-    [ "$4" = True ] && name="${name}_val"
-    if [ -f "$OUT/$name.json" ]; then
-        echo "done already: $OUT/$name.json"
-        return 0
-    fi
     # shellcheck disable=SC2086  # EXTRA is a list of flags
     python "$ROOT/run.py" --seed="$3" --model_class="$MODEL" --init_model="$INIT_MODEL" --dataset="$DATASET" \
         --pretrained_models="$PRETRAINED" --use_val="$4" --method="$1" --prec="$2" --steps="$STEPS" \
         --eval_steps="$EVAL_STEPS" --batch_size="$BATCH_SIZE" --lr="$LR" --no_augment=True \
-        --use_wandb="$USE_WANDB" --wandb_group="$WANDB_GROUP" --run_name="$name" --out_dir="$OUT" \
-        --ckpt_dir="$CKPT_DIR" --resume=True $EXTRA
-    rm -f "$CKPT_DIR/$name.pt"  # finished: its results JSON is what counts now
+        --use_wandb="$USE_WANDB" --wandb_group="$WANDB_GROUP" --out_dir="$OUT" \
+        --ckpt_dir="$CKPT_DIR" --resume=True --skip_done=True $EXTRA
+    # Finished runs' checkpoints go: their results JSONs are what counts now. A checkpoint and a
+    # results JSON of one (hashed) name are of the same configuration.
+    for ckpt in "$CKPT_DIR"/*.pt; do
+        if [ -f "$OUT/$(basename "$ckpt" .pt).json" ]; then
+            rm -f "$ckpt"
+        fi
+    done
 }
 
 echo "== 1. validation runs: methods $METHODS, betas $BETAS, seeds $SEEDS"

@@ -14,7 +14,7 @@ from aft.errors import UserError
 from aft.features import feature_path, make_meta, write_features
 from aft.files import atomic_save
 from aft.methods import get_method
-from tests.test_cli import cli
+from tests.test_cli import cli, result_file
 
 NUM_CLASSES = 3
 
@@ -286,39 +286,53 @@ def mlp(layers, x, relu_last):
 
 
 def test_ft_matches_reference_and_caches_its_autoencoder(cfg, tmp_path, monkeypatch, capsys):
+    """The paper's factor transfer: one autoencoder per pre-trained model, factors concatenated, a
+    translator d -> d -> D' -> D' whose last layer starts at zero, and R = mean over the batch of the
+    SUM over factor dimensions of |T(phi)/||T(phi)|| - E(psi)/||E(psi)|||."""
     from aft.methods import ft
     prepare_feature_files(tmp_path, cfg, 6, [4, 6])
     reg = started("ft", 6, [4, 6], cfg)
-    path = tmp_path / "t0+t1_d.ft.pt"
-    assert "ft: training the teacher autoencoder (10 -> 5) on 40 train rows" in capsys.readouterr().out
-    saved = torch.load(path, weights_only=True)
-    assert saved["key"]["models"] == ["t0", "t1"] and saved["heldout_mse"] > 0
+    out = capsys.readouterr().out
+    assert "ft: training the autoencoder of t0 (4 -> 2) on 40 train rows" in out
+    assert "ft: training the autoencoder of t1 (6 -> 3) on 40 train rows" in out
+    for model in ("t0", "t1"):
+        saved = torch.load(tmp_path / f"{model}_d.ft.pt", weights_only=True)
+        assert saved["key"]["model"] == model and saved["heldout_mse"] > 0
+    sizes = [(m.in_features, m.out_features) for m in reg.translator if isinstance(m, torch.nn.Linear)]
+    assert sizes == [(6, 6), (6, 5), (5, 5)]  # d -> d -> D' -> D', D' = 2 + 3
+    assert reg.translator[-1].weight.abs().sum() == 0  # the paper zero-initialises the last layer
 
+    with torch.no_grad():  # a non-zero translator, so the reference is not trivially the bias
+        reg.translator[-1].weight.normal_()
     rng = np.random.default_rng(6)
     phi, psi = rng.normal(size=(8, 6)), rng.normal(size=(8, 10))
-    fs, ft_ = mlp(reg.translator, phi, relu_last=False), mlp(reg.encoder, psi, relu_last=True)
+    fs = mlp(reg.translator, phi, relu_last=False)
+    ft_ = np.concatenate([mlp(reg.encoders[0], psi[:, :4], relu_last=True),
+                          mlp(reg.encoders[1], psi[:, 4:], relu_last=True)], axis=1)
     fs = fs / np.linalg.norm(fs, axis=1, keepdims=True)
     ft_ = ft_ / np.maximum(np.linalg.norm(ft_, axis=1, keepdims=True), 1e-12)
     phi_t, psi_t = (torch.tensor(a, dtype=torch.float32, requires_grad=True) for a in (phi, psi))
     r = reg(phi_t, psi_t)
-    assert r.item() == pytest.approx(np.abs(fs - ft_).mean(), rel=1e-5)
+    assert r.item() == pytest.approx(np.abs(fs - ft_).sum(1).mean(), rel=1e-5)
     r.backward()
     assert phi_t.grad.abs().sum() > 0 and psi_t.grad is None
-    assert all(p.grad is None for p in reg.encoder.parameters())  # frozen
+    assert all(p.grad is None for p in reg.encoders.parameters())  # frozen
     group, = reg.param_groups()
     assert {id(p) for p in group["params"]} == {id(p) for p in reg.translator.parameters()}
+    assert group["weight_decay"] == 0 and "lr" not in group  # the model's lr, no decay: the paper's
 
     # reused when it matches, whatever the run's seed
     monkeypatch.setattr(ft, "train_autoencoder", lambda *a: pytest.fail("the cached autoencoder was not reused"))
     torch.manual_seed(123)
     again = started("ft", 6, [4, 6], cfg)
-    assert all(torch.equal(a, b) for a, b in zip(again.encoder.state_dict().values(), reg.encoder.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(again.encoders.state_dict().values(),
+                                                 reg.encoders.state_dict().values()))
     monkeypatch.undo()
 
     # other rows (train_frac, use_val) get their own file; other features retrain the file
     cfg.train_frac, cfg.use_val = 0.5, True
     started("ft", 6, [4, 6], cfg)
-    assert (tmp_path / "t0+t1_d.ft_train_frac=0.5_val.pt").exists() and "on 18 train rows" in capsys.readouterr().out
+    assert (tmp_path / "t0_d.ft_train_frac=0.5_val.pt").exists() and "on 20 train rows" in capsys.readouterr().out
     cfg.train_frac, cfg.use_val = 1.0, False
     prepare_feature_files(tmp_path, cfg, 6, [4, 6], seed=1)
     started("ft", 6, [4, 6], cfg)
@@ -350,7 +364,8 @@ def test_linear_probe_learns_from_the_features_alone(cfg, tmp_path):
     cfg.features_dir, cfg.out_dir, cfg.dataset, cfg.pretrained_models = str(tmp_path), str(tmp_path / "res"), "digits", "probe_teacher"
     cfg.model_class, cfg.method, cfg.steps, cfg.eval_steps, cfg.lr, cfg.use_val = "resnet10t", "linear_probe", 60, 30, 0.1, True
     res = run(cfg)
-    assert res["eval_split"] == "val" and res["n_eval"] == 144 and res["n_train"] == 1293
+    # the paper's split of 1437 rows: floor(0.9 n) + the one row left over, and floor(0.1 n)
+    assert res["eval_split"] == "val" and res["n_eval"] == 143 and res["n_train"] == 1294
     assert [e["step"] for e in res["evals"]] == [30, 60] and res["final_acc"] > 0.95
     assert json.load(open(tmp_path / "res" / f"{res['run_name']}.json"))["final_acc"] == res["final_acc"]
 
@@ -408,13 +423,15 @@ def test_logme_script_train_frac_and_missing_file(workdir):
     score, _ = logme(outputs["teacher_b"][2][rows], load_task("digits").train.labels[rows], num_classes=10)
     assert cache["logme_score_train_frac=0.5"] == pytest.approx(score, rel=1e-9, abs=1e-12)
     assert cache["logme_weights_train_frac=0.5"].shape == (10, 16) and "logme_score" in cache  # both kept
-    assert "(718 train rows)" in out.stdout and "logme_score_train_frac=0.5" in out.stdout
+    # the paper's split: floor(0.5 n) rows + the one left over
+    assert "(719 train rows)" in out.stdout and "logme_score_train_frac=0.5" in out.stdout
     out = cli("logme.py", "--model_class=teacher_b", "--dataset=digits", "--use_val=True", cwd=work)
     cache = torch.load(feature_path(str(work / "features"), "teacher_b", "digits"), weights_only=True)
     rows, val = train_eval_indices(1437, 1.0, use_val=True)
     score, _ = logme(outputs["teacher_b"][2][rows], load_task("digits").train.labels[rows], num_classes=10)
     assert cache["logme_score_val"] == pytest.approx(score, rel=1e-9, abs=1e-12) and len(rows) + len(val) == 1437
-    assert "(1293 train rows)" in out.stdout and "logme_score_train_frac=0.5" in cache  # the others are kept
+    # floor(0.9 n) + the row left over; the others' keys are kept
+    assert "(1294 train rows)" in out.stdout and "logme_score_train_frac=0.5" in cache
     out = cli("logme.py", "--model_class=nope", "--dataset=digits", cwd=work, check=False)
     assert out.returncode == 2 and "python save_features.py --model_class=nope --dataset=digits" in out.stderr
     assert "Traceback" not in out.stderr
@@ -426,7 +443,7 @@ def test_run_every_baseline(workdir, method):
     out = cli("run.py", *IMAGE_RUN, f"--method={method}", "--prec=2", "--seed=3", cwd=work)
     name = f"digits_resnet10t_{method}_prec2_lr0.001_seed3"
     assert "final test accuracy:" in out.stdout and name in out.stdout
-    res = json.load(open(work / "results" / f"{name}.json"))
+    res = json.load(open(result_file(work / "results", name)))
     assert res["config"]["method"] == method and [e["step"] for e in res["evals"]] == [3, 6]
     assert res["eval_split"] == "test" and res["n_train"] == 1437 and res["n_eval"] == 360
     assert res["final_acc"] == res["evals"][-1]["acc"] and 0 <= res["final_acc"] <= 1
@@ -435,7 +452,7 @@ def test_run_every_baseline(workdir, method):
     else:
         assert all(e["reg"] > 0 for e in res["evals"])
     if method == "ft":
-        assert (work / "features" / "teacher_a+teacher_b_digits.ft.pt").exists()
+        assert all((work / "features" / f"{m}_digits.ft.pt").exists() for m in ("teacher_a", "teacher_b"))
     if method == "btune":  # resnet10t from random weights: no file of its own, its start is read
         assert "btune: resnet10t starts from random weights, so M_s is LogME of its features at initialisation " \
                "(1437 train rows, score " in out.stdout and "the pre-trained side's, so R reacts" in out.stdout
@@ -448,7 +465,7 @@ def test_run_btune_with_a_pretrained_student(workdir):
     out = cli("run.py", *IMAGE_RUN, f"--model_class={model}", f"--init_model={model}", "--image_size=32",
               "--method=btune", "--prec=2", cwd=work)
     assert "starts from random weights" not in out.stdout
-    res = json.load(open(work / "results" / f"digits_{model}_btune_prec2_lr0.001_seed0.json"))
+    res = json.load(open(result_file(work / "results", f"digits_{model}_btune_prec2_lr0.001_seed0")))
     assert res["config"]["init_model"] == model and all(e["reg"] > 0 for e in res["evals"])
     path = feature_path(str(work / "features"), model, "digits")
     cache = torch.load(path, weights_only=True)

@@ -49,6 +49,26 @@ def test_train_eval_indices():
         train_eval_indices(1000, 1.5, False)
 
 
+@pytest.mark.parametrize("n, train_frac, use_val", [(1000, 0.5, True), (1437, 1.0, True), (1437, 0.05, False),
+                                                    (31, 0.33, True), (38158, 0.25, True)])
+def test_rows_are_the_papers(n, train_frac, use_val):
+    """The paper's code: split_train = random_split(train set, [min(train_frac, 1 - val_frac), val_frac,
+    rest], generator seeded 42), val_frac = 0.1 with use_val. Same rows here (in dataset order), so
+    --train_frac=0.5 --use_val=True trains on half the set, not on half of the other 90%."""
+    import warnings
+    val_frac = 0.1 if use_val else 0.0
+    fracs = [min(train_frac, 1 - val_frac), val_frac]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random_split warns about the empty "rest" share
+        ref_train, ref_val, _ = torch.utils.data.random_split(range(n), fracs + [1 - sum(fracs)],
+                                                              generator=torch.Generator().manual_seed(42))
+    train, val = train_eval_indices(n, train_frac, use_val)
+    assert train.tolist() == sorted(ref_train.indices)
+    assert (val is None) == (not use_val) and (val is None or val.tolist() == sorted(ref_val.indices))
+    if train_frac <= 0.9:
+        assert abs(len(train) - train_frac * n) <= 1
+
+
 def test_text_inputs_cut_each_batch_to_its_longest():
     tok = load_tokenizer(minilm_path())
     texts = ["a", "a b c d e f g", "hello world"]

@@ -90,3 +90,22 @@ def test_nan_features_are_refused(tmp_path):
     write_features(path, train, test, make_meta("m", "d", train, test))
     with pytest.raises(UserError, match="NaN or inf train features"):
         read_features(path, "m", "d")
+
+
+def test_a_local_model_folder_is_cached_inside_the_features_folder(tmp_path, monkeypatch):
+    """A model given as a folder (absolute or relative) gets a cache named by the folder's name inside
+    --features_dir, never a file beside the model folder; its path is recorded in the meta."""
+    model_dir = tmp_path / "models" / "all-mpnet-base-v2"
+    model_dir.mkdir(parents=True)
+    features_dir = str(tmp_path / "features")
+    for name in (str(model_dir), f"local-dir:{model_dir}"):
+        assert feature_path(features_dir, name, "tweets") == os.path.join(features_dir, "all-mpnet-base-v2_tweets.pt")
+    monkeypatch.chdir(tmp_path)
+    assert feature_path("./features", "models/all-mpnet-base-v2", "tweets") == \
+        os.path.join("./features", "all-mpnet-base-v2_tweets.pt")
+    # a Hugging Face id is no folder here: sub-folders, as the paper's cache
+    assert feature_path("./features", "sentence-transformers/all-mpnet-base-v2", "tweets") == \
+        os.path.join("./features", "sentence-transformers/all-mpnet-base-v2_tweets.pt")
+    train, test = torch.zeros(3, 2), torch.zeros(1, 2)
+    assert make_meta(str(model_dir), "tweets", train, test)["model_path"] == str(model_dir)
+    assert "model_path" not in make_meta("gpt2", "tweets", train, test)

@@ -67,7 +67,8 @@ def test_kd_matches_reference(cfg):
     assert reg(phi, psi).item() == pytest.approx(ref, rel=1e-5)
     reg(phi, psi).backward()
     assert reg.proj.weight.grad.abs().sum() > 0
-    assert reg.param_groups()[0].keys() == {"params"}  # trained with the model's lr
+    group, = reg.param_groups()
+    assert group.keys() == {"params", "weight_decay"} and group["weight_decay"] == 0  # the model's lr, no decay
 
 
 def test_init_has_no_regulariser(cfg):
@@ -96,3 +97,33 @@ def test_every_method_follows_the_interface(name, cfg, tmp_path):
 def test_unknown_method_lists_valid_names():
     with pytest.raises(UserError, match="valid methods: .*aft.*init.*kd"):
         get_method("nope")
+
+
+def test_regulariser_weights_get_no_weight_decay(cfg, tmp_path):
+    """The paper's optimizer: the downstream model's group carries --wd, the regulariser's own
+    parameters (kd's map, ft's translator, AFT's scales) none; checked on the optimizer a real
+    Trainer builds."""
+    from aft.datasets import load_task, train_eval_indices
+    from aft.features import make_meta, write_features
+    from aft.teachers import load_teachers
+    from aft.train import Trainer
+    task = load_task("digits")
+    g = torch.Generator().manual_seed(0)
+    train, test = torch.randn(len(task.train), 5, generator=g), torch.randn(len(task.test), 5, generator=g)
+    write_features(str(tmp_path / "t_digits.pt"), train, test, make_meta("t", "digits", train, test))
+    cfg.dataset, cfg.model_class, cfg.image_size, cfg.pretrained_models = "digits", "resnet10t", 8, "t"
+    cfg.features_dir, cfg.method, cfg.wd, cfg.optimizer = str(tmp_path), "kd", 0.5, "sgd"
+    rows, _ = train_eval_indices(len(task.train), 0.1, False)
+    teachers = load_teachers(cfg, task, rows, None, torch.device("cpu"))
+    trainer = Trainer(cfg, task, rows, task.test, teachers, torch.device("cpu"), "fp32")
+    model_group, kd_group = trainer.optimizer.param_groups
+    assert model_group["weight_decay"] == 0.5 and kd_group["weight_decay"] == 0
+    assert {id(p) for p in kd_group["params"]} == {id(p) for p in trainer.method.parameters()}
+
+
+def test_aft_dense_map_is_fixed_without_learn_scales():
+    fixed = get_method("aft_dense")(4, [6], learn_scales=False)
+    assert not fixed.mix.requires_grad and fixed.param_groups() == []
+    learned = get_method("aft_dense")(4, [6])
+    group, = learned.param_groups()
+    assert group["params"] == [learned.mix] and group["lr"] == 1e-2 and group["weight_decay"] == 0

@@ -20,6 +20,7 @@ import torch
 
 from aft.errors import UserError
 from aft.features import make_meta, read_features, write_features
+from aft.files import STOP_BEFORE_RENAME
 from tests.conftest import ROOT
 from tests.test_cli import IMAGE_RUN, cli
 from tests.test_features import Evil
@@ -75,7 +76,8 @@ def test_missing_features_that_cannot_be_made_here_print_the_command(tmp_path, m
 def _write_cache(folder, n_train=1437, n_test=360, dataset="digits", dim=8):
     train, test = torch.randn(n_train, dim), torch.randn(n_test, dim)
     path = folder / "features" / "efficientnet_lite2_digits.pt"
-    write_features(str(path), train, test, make_meta("efficientnet_lite2", dataset, train, test))
+    # made at the size the runs of IMAGE_RUN expect (--teacher_image_size=32)
+    write_features(str(path), train, test, make_meta("efficientnet_lite2", dataset, train, test, image_size=32))
     return path
 
 
@@ -125,35 +127,28 @@ def test_nan_loss_stops_names_the_step_and_keeps_the_checkpoint(tmp_path):
 
 
 def test_killed_run_resumes_to_identical_numbers(tmp_path):
-    """SIGKILL while the second checkpoint is being written; the checkpoint on disk is then the
-    first one or a complete second one, never half of one; resuming with the same flags gives the
-    evaluations of an uninterrupted run exactly (batch order from (seed, epoch); model, AFT scales,
-    optimizer, schedule and RNG state in the checkpoint)."""
+    """SIGKILL while the second checkpoint is being written, at its last moment: complete in its
+    temporary file, not yet renamed. The checkpoint on disk is then still the first one, whole;
+    resuming with the same flags gives the evaluations of an uninterrupted run exactly (batch order
+    from (seed, epoch); model, AFT scales, optimizer, schedule and RNG state in the checkpoint)."""
     _write_cache(tmp_path, dim=32)  # random teacher features of the right shape: enough for AFT to learn scales
-    args = [*STUDENT, "--pretrained_models=efficientnet_lite2", "--method=aft", "--steps=30", "--eval_steps=10",
-            "--seed=5"]
+    args = [*STUDENT, "--pretrained_models=efficientnet_lite2", "--teacher_image_size=32", "--method=aft",
+            "--steps=30", "--eval_steps=10", "--seed=5"]
     cli("run.py", *args, "--run_name=whole", cwd=tmp_path)
 
     ckpt_dir = tmp_path / "ckpt_kill"
     ckpt = ckpt_dir / "part.pt"
     proc = _start("run.py", *args, f"--ckpt_dir={ckpt_dir}", "--run_name=part", cwd=tmp_path)
-    try:
-        _wait_for(lambda: ckpt.exists(), proc)  # the first checkpoint (step 10) is complete
-        _wait_for(lambda: any(n.startswith(".tmp-") for n in os.listdir(ckpt_dir)), proc, poll=0.0005)
-        time.sleep(0.01)  # into the write of the second checkpoint (60 MB)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert torch.load(ckpt, weights_only=True)["step"] in (10, 20)
+    _kill_before_rename(proc, ckpt_dir, after=ckpt.exists)  # the first checkpoint is in place: the next one
+    assert torch.load(ckpt, weights_only=True)["step"] == 10
     assert not os.path.exists(tmp_path / "results" / "part.json")
-    strays = [n for n in os.listdir(ckpt_dir) if n != "part.pt"]
-    assert all(n.startswith(".tmp-") for n in strays)
-    for n in strays:  # pretend the kill was long ago: the next write clears stale leftovers
-        os.utime(ckpt_dir / n, (time.time() - 7200, time.time() - 7200))
+    [stray] = _temps(ckpt_dir)
+    assert torch.load(ckpt_dir / stray, weights_only=True)["step"] == 20  # whole, yet never read as part.pt
+    # pretend the kill was long ago: the next write clears stale leftovers
+    os.utime(ckpt_dir / stray, (time.time() - 7200, time.time() - 7200))
 
     out = cli("run.py", *args, f"--ckpt_dir={ckpt_dir}", "--run_name=part", "--resume=True", cwd=tmp_path)
-    assert re.search(r"resumed part from .*part.pt at step (10|20)", out.stdout)
+    assert re.search(r"resumed part from .*part.pt at step 10\b", out.stdout)
     whole = json.load(open(tmp_path / "results" / "whole.json"))
     part = json.load(open(tmp_path / "results" / "part.json"))
     assert [e["step"] for e in part["evals"]] == [10, 20, 30]
@@ -161,51 +156,65 @@ def test_killed_run_resumes_to_identical_numbers(tmp_path):
     assert os.listdir(ckpt_dir) == ["part.pt"]
 
 
-def _start(script, *args, cwd, stdout=subprocess.DEVNULL):
-    """A script started in the background, in the environment of tests.test_cli.cli, to be killed."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+def _start(script, *args, cwd):
+    """A script started in the background, in the environment of tests.test_cli.cli, to be killed. It
+    stops itself before each rename of a file it writes (aft.files.STOP_BEFORE_RENAME), so the test,
+    not the machine's speed, decides when each write finishes or is killed."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", PYTHONPATH=ROOT,
+               **{STOP_BEFORE_RENAME: "1"})
     return subprocess.Popen([sys.executable, *([os.path.join(ROOT, script)] if script else []), *args], cwd=cwd,
-                            env=env, stdout=stdout, stderr=subprocess.DEVNULL, text=True)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _wait_for(condition, proc, poll=0.01, timeout=300):
-    deadline = time.time() + timeout
-    while not condition():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(poll)
+def _wait_stopped(proc):
+    """Until `proc` stops itself before a rename: the kernel reports it, no polling."""
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), f"the process ended (wait status {status}) before the write it was to die in"
+
+
+def _kill(proc):
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _temps(folder):
+    return [n for n in os.listdir(folder) if n.startswith(".tmp-")] if os.path.isdir(folder) else []
+
+
+def _kill_before_rename(proc, folder, after=lambda: True):
+    """Let `proc`'s writes finish until one into `folder` is stopped before its rename while after()
+    holds, then SIGKILL it there: the new version complete in its temporary file, the target untouched."""
+    try:
+        while True:
+            _wait_stopped(proc)
+            if after() and _temps(folder):
+                break
+            proc.send_signal(signal.SIGCONT)
+    finally:
+        _kill(proc)
+    assert proc.returncode == -signal.SIGKILL
 
 
 # ---- kill -9 while a file is written ---------------------------------------------------------------
 
 def test_kill_during_save_features_leaves_no_readable_half_file(tmp_path):
-    """save_features.py SIGKILLed while it writes the cache: no cache, or a complete one."""
+    """save_features.py SIGKILLed while it writes the cache, at the last moment (the cache complete
+    in its temporary file, not yet renamed): there is no cache, and run.py would say how to make it."""
     features = tmp_path / "features"
     proc = _start("save_features.py", "--model_class=efficientnet_lite2", "--dataset=digits", "--image_size=32",
-                 cwd=tmp_path)
-    try:
-        _wait_for(lambda: features.exists() and any(n.startswith(".tmp-") for n in os.listdir(features)), proc,
-                  poll=0.0005)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    _absent_or_complete(str(features / "efficientnet_lite2_digits.pt"), rows=(1437, 360))
-
-
-def _absent_or_complete(path, rows):
-    if not os.path.exists(path):
-        with pytest.raises(UserError, match="missing feature file .* create it with: python save_features.py"):
-            read_features(path)
-        return
-    cache = read_features(path)
-    assert (cache["train"].shape[0], cache["test"].shape[0]) == rows
+                  cwd=tmp_path)
+    _kill_before_rename(proc, features)
+    with pytest.raises(UserError, match="missing feature file .* create it with: python save_features.py"):
+        read_features(str(features / "efficientnet_lite2_digits.pt"))
+    [stray] = _temps(features)
+    cache = read_features(str(features / stray))  # the whole cache, never renamed into place
+    assert (cache["train"].shape[0], cache["test"].shape[0]) == (1437, 360)
 
 
 WRITER = textwrap.dedent("""
     import sys, torch
     from aft.features import write_features
     path = sys.argv[1]
-    print("ready", flush=True)
     for k in range(1, 10**6):  # version k of the file holds the value k everywhere; until killed
         train, test = torch.full((1_000_000, 8), float(k)), torch.full((1000, 8), float(k))
         write_features(path, train, test, dict(model="m", dataset="d", k=k))
@@ -213,20 +222,31 @@ WRITER = textwrap.dedent("""
 
 
 def test_kill_at_random_moments_never_leaves_a_half_written_file(tmp_path):
-    """A writer rewriting a 32 MB cache in a loop, SIGKILLed at random moments: the file is always
-    either absent or one complete version (every value equal to the version in its meta)."""
+    """A writer rewriting a 32 MB cache in a loop, SIGKILLed after a random number of versions, at a
+    random moment of the next write: the file is always one complete version (every value equal to
+    the version in its meta), the last one renamed into place."""
     path = tmp_path / "m_d.pt"
     rng = random.Random(0)
-    for _ in range(3):
-        proc = _start(None, "-c", WRITER, str(path), cwd=tmp_path, stdout=subprocess.PIPE)
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.05, 1.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
-        if path.exists():
-            cache = read_features(str(path), "m", "d")
-            k = cache["meta"]["k"]
-            assert (cache["train"] == k).all() and (cache["test"] == k).all()
+    for _ in range(4):
+        proc = _start(None, "-c", WRITER, str(path), cwd=tmp_path)
+        try:
+            done = rng.randint(1, 3)
+            for _ in range(done):  # versions 1..done renamed into place
+                _wait_stopped(proc)
+                proc.send_signal(signal.SIGCONT)
+            _wait_stopped(proc)  # version done + 1 complete in its temporary file
+            expected = {done}
+            if rng.random() < 0.5:
+                # Or let it go on: the kill then lands in that rename or in the next write, wherever the
+                # sleep ends, never past the next rename (the writer stops itself again before it).
+                proc.send_signal(signal.SIGCONT)
+                time.sleep(rng.uniform(0, 0.2))
+                expected.add(done + 1)
+        finally:
+            _kill(proc)
+        assert proc.returncode == -signal.SIGKILL
+        cache = read_features(str(path), "m", "d")
+        k = cache["meta"]["k"]
+        assert k in expected and (cache["train"] == k).all() and (cache["test"] == k).all()
     # What a kill leaves is a hidden .tmp-*.pt that no reader ever opens.
     assert all(n == "m_d.pt" or n.startswith(".tmp-") for n in os.listdir(tmp_path))

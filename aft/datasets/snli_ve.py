@@ -57,7 +57,7 @@ def _snli_ve_split(split, root):
     return Split(ImageText(images, index, texts), labels)
 
 
-@register_dataset("snli-ve")
+@register_dataset("snli-ve", modality="image_text")
 def snli_ve(data_dir):
     """SNLI-VE, the hub copies the paper code loaded. An image model reads the pictures, a text model
     the hypotheses, CLIP both."""

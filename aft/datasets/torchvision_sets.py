@@ -71,4 +71,4 @@ def _torchvision_task(name, data_dir):
 
 
 for _name in TORCHVISION:
-    register_dataset(_name)(partial(_torchvision_task, _name))
+    register_dataset(_name, modality="image")(partial(_torchvision_task, _name))

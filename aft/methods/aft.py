@@ -31,8 +31,7 @@ class AdaptiveFeatureTransfer(Regularizer):
         self.scales = nn.Parameter(torch.zeros(sum(teacher_dims)), requires_grad=learn_scales)
 
     def param_groups(self):
-        # The scales have their own learning rate and no weight decay (a decay would pull s to 0).
-        return [{"params": [self.scales], "lr": self.prior_lr, "weight_decay": 0.0}] if self.scales.requires_grad else []
+        return self.prior_groups(self.scales)
 
     def forward(self, student_feat, teacher_feat):
         scaled = teacher_feat * torch.sigmoid(self.scales)

@@ -1,6 +1,7 @@
 """`aft_dense`: the AFT ablation with a dense learned map instead of diagonal scales: psi' = psi S,
-S (D x D) initialised N(0, 1/D), no sigmoid; R is `aft`'s kernel distance. S is always learned,
-in the scales' parameter group (lr `prior_lr`, no weight decay)."""
+S (D x D) initialised N(0, 1/D), no sigmoid; R is `aft`'s kernel distance. S is learned with
+--learn_scales (the default), in the scales' parameter group (lr `prior_lr`, no weight decay), and
+stays at its random start without, as in the paper's code."""
 import math
 
 import torch
@@ -15,10 +16,10 @@ class DenseFeatureTransfer(Regularizer):
     def __init__(self, student_dim, teacher_dims, learn_scales=True, prior_lr=1e-2):
         super().__init__(student_dim, teacher_dims, learn_scales, prior_lr)
         dim = sum(teacher_dims)
-        self.mix = nn.Parameter(torch.randn(dim, dim) / math.sqrt(dim))
+        self.mix = nn.Parameter(torch.randn(dim, dim) / math.sqrt(dim), requires_grad=learn_scales)
 
     def param_groups(self):
-        return [{"params": [self.mix], "lr": self.prior_lr, "weight_decay": 0.0}]
+        return self.prior_groups(self.mix)
 
     def forward(self, student_feat, teacher_feat):
         return kernel_distance(normalized_kernel(student_feat), normalized_kernel(teacher_feat @ self.mix))

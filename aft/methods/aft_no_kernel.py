@@ -18,7 +18,7 @@ class NoKernelFeatureTransfer(Regularizer):
         self.proj = nn.Linear(sum(teacher_dims), student_dim, bias=False)  # a bias cancels in the centring
 
     def param_groups(self):
-        return [{"params": [self.proj.weight], "lr": self.prior_lr, "weight_decay": 0.0}]
+        return self.prior_groups(self.proj.weight)
 
     def forward(self, student_feat, teacher_feat):
         return (centred(student_feat) - centred(self.proj(teacher_feat))).pow(2).mean()

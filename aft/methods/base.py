@@ -52,6 +52,14 @@ class Regularizer(MethodFacts, nn.Module):
         `teachers` an aft.teachers.TeacherFeatures (the cached features of those rows)."""
 
     def param_groups(self):
-        """Optimizer groups for this module's own parameters; by default the model's lr and wd."""
+        """Optimizer groups for this module's own parameters: by default the model's lr and no weight
+        decay, as in the paper's code (--wd regularises the downstream model, not kd's map or ft's
+        translator)."""
         params = [p for p in self.parameters() if p.requires_grad]
-        return [{"params": params}] if params else []
+        return [{"params": params, "weight_decay": 0.0}] if params else []
+
+    def prior_groups(self, *params):
+        """The group of learned teacher-side weights (AFT's scales and their ablations' maps): their own
+        lr `prior_lr` and no weight decay (a decay would pull the scales towards 1/2); none when fixed."""
+        params = [p for p in params if p.requires_grad]
+        return [{"params": params, "lr": self.prior_lr, "weight_decay": 0.0}] if params else []

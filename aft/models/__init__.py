@@ -5,7 +5,8 @@ One module a family: `hf` (Hugging Face text models), `tiny_bert`, `timm_models`
 and `clip`, all built on `base`. Every resolved model knows how its inputs are preprocessed (a
 tokenizer, or the image size, crop, interpolation, mean and std of its own timm data config), so
 aft.inputs does that once. Offline, a model whose weights are not cached is one line naming the file,
-the cache and the variables, before anything large is built.
+the cache and the variables, before anything large is built; a process that finds the hub
+unreachable goes offline before its first download (`hub`), so that line comes at once.
 
 Names resolve in one place, `resolve_model`, by the first of these rules that matches (`NAME_RULES`,
 in this order), after an alias is replaced by its name (`ALIASES`):

@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from aft.errors import UserError, first_line
 from aft.models.base import ModelSpec, offline_error, uncached_hub_file
+from aft.models.hub import check_hub
 
 CLIP_ARCH = "RN50"  # OpenAI's CLIP ResNet-50, the paper's `CLIP` (its code: clip.load("RN50"))
 CLIP_DIM = 1024  # width of its image and of its text embedding
@@ -41,6 +42,7 @@ def clip_spec(name):
     def build(pretrained, dtype=None):
         open_clip = _import_open_clip(name)
         if pretrained:
+            check_hub()
             repo = (open_clip.get_pretrained_cfg(CLIP_ARCH, "openai").get("hf_hub") or "").strip("/")
             absent = repo and uncached_hub_file(repo, "open_clip_pytorch_model.bin")
             if absent:

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from aft.errors import UserError, first_line
 from aft.models.base import ModelSpec, offline_error
+from aft.models.hub import check_hub
 
 
 class HFFeatures(nn.Module):
@@ -94,6 +95,7 @@ def hf_spec(name, source=None, pooling=None):
 
     def build(pretrained, dtype=None):
         import transformers
+        check_hub(source)
         with offline_hint(name):
             config = transformers.AutoConfig.from_pretrained(source)
             pool = pooling or _pooling_for(config)
@@ -124,6 +126,7 @@ def text_inputs(raw, task, tokenizer_source, name=None):
 
 def load_tokenizer(source, name=None):
     import transformers
+    check_hub(source)
     with offline_hint(name or source):
         return transformers.AutoTokenizer.from_pretrained(source)
 

@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from aft.errors import UserError, first_line
 from aft.models.base import ModelSpec, image_inputs, offline_error, uncached_hub_file
+from aft.models.hub import check_hub
 
 TIMM_SOURCES = ("hf-hub:", "local-dir:")  # prefixes timm.create_model reads itself
 
@@ -81,6 +82,7 @@ def timm_spec(name, create_name=None):
 
     def build(pretrained, dtype=None):
         if pretrained:
+            check_hub(create_name.removeprefix("local-dir:"))
             absent = _uncached_weights(create_name)
             if absent:
                 raise missing(f"{absent} is not in the cache")
