@@ -4,8 +4,12 @@ r"""Cache a pre-trained model's features of a dataset's train and test splits.
     python save_features.py --model_class=vit_giant_patch14_dinov2.lvd142m --dataset=cifar10 \
         --save_path=./features/vit_giant_patch14_dinov2.lvd142m_cifar10.pt
     python save_features.py --model_class=efficientnet_lite2 --dataset=digits --debug   # a try, nothing saved
+    torchrun --nproc_per_node=4 save_features.py --model_class=... --dataset=...   # the rows over 4 GPUs
+    python save_features.py --model_class=meta-llama/Llama-2-7b-hf --dataset=boolq --device_map=auto
 
-The file is written atomically; run.py finds it at {features_dir}/{model_class}_{dataset}.pt.
+The file is written atomically; run.py finds it at {features_dir}/{model_class}_{dataset}.pt. The
+features are saved in chunks on the way (in {cache}.parts/), so a killed extraction started again,
+with any number of processes, computes only the chunks it lacks.
 """
 import dataclasses
 import os
@@ -14,14 +18,15 @@ import tempfile
 import torch
 from absl import flags
 
-from aft import cli
+from aft import cli, distributed
 from aft.datasets import DATASETS, load_task
-from aft.errors import check_bounds, main_guard
-from aft.extract import extract_to_cache
+from aft.errors import UserError, check_bounds, main_guard
+from aft.extract import CHUNK_ROWS, check_device_map, extract_to_cache
 from aft.features import DEFAULT_FEATURES_DIR, feature_path
+from aft.models import resolve_model
 from aft.runtime import resolve_device
 
-BOUNDS = {"batch_size": "> 0", "num_workers": ">= 0", "image_size": ">= 0"}
+BOUNDS = {"batch_size": "> 0", "num_workers": ">= 0", "image_size": ">= 0", "chunk_rows": "> 0"}
 
 cli.define(cli.PAPER, "model_class", "all-MiniLM-L6-v2",
            "pre-trained model: timm name, Hugging Face id or folder, or an embedded one")
@@ -37,6 +42,10 @@ cli.define(cli.TOOL, "data_dir", "", "folder of datasets on disk")
 cli.define(cli.TOOL, "device", "auto", "auto, cpu, cuda, cuda:N")
 cli.define(cli.TOOL, "precision", "auto", "auto: bf16 on CUDA, fp32 on CPU", ["auto", "bf16", "fp32"])
 cli.define(cli.TOOL, "image_size", 0, "image input size (0: the model's own)", bound=BOUNDS["image_size"])
+cli.define(cli.TOOL, "chunk_rows", CHUNK_ROWS, "rows per chunk file saved on the way, which a restart reuses "
+           "(a restart with another value computes every chunk again)", bound=BOUNDS["chunk_rows"])
+cli.define(cli.TOOL, "device_map", "none", "auto: a Hugging Face model spread over this process's GPUs by "
+           "accelerate, for one larger than a GPU; none: the whole model on --device", ["none", "auto"])
 FLAGS = flags.FLAGS
 
 
@@ -52,9 +61,13 @@ def use_cores(n):
     torch.set_num_threads(n)
 
 
-def extract(task, path):
-    return extract_to_cache(FLAGS.model_class, task, path, FLAGS.batch_size, resolve_device(FLAGS.device),
-                            FLAGS.precision, FLAGS.image_size or None)
+def device_map():
+    return None if FLAGS.device_map == "none" else FLAGS.device_map
+
+
+def extract(task, path, world=distributed.SINGLE, device=None):
+    return extract_to_cache(FLAGS.model_class, task, path, FLAGS.batch_size, device or resolve_device(FLAGS.device),
+                            FLAGS.precision, FLAGS.image_size or None, FLAGS.chunk_rows, world, device_map())
 
 
 def debug(task):
@@ -72,13 +85,26 @@ def debug(task):
 
 def save():
     check_bounds(FLAGS, BOUNDS)
+    world = distributed.from_environment()
+    if FLAGS.debug and world.size > 1:
+        raise UserError("--debug is a one-process try; run it with python, not torchrun")
+    if device_map():
+        check_device_map(resolve_model(FLAGS.model_class), device_map(), world)
+    device = world.device(resolve_device(FLAGS.device))
     use_cores(FLAGS.num_workers)
     task = load_task(FLAGS.dataset, FLAGS.data_dir or None)
     if FLAGS.debug:
         return debug(task)
     canonical = feature_path(FLAGS.features_dir, FLAGS.model_class, FLAGS.dataset)
     path = FLAGS.save_path or canonical
-    meta = extract(task, path)["meta"]
+    distributed.start(world, device)
+    try:
+        cache = extract(task, path, world, device)
+    finally:
+        distributed.stop(world)
+    if not world.is_main:
+        return
+    meta = cache["meta"]
     print(f"saved {path}: train {meta['n_train']} x {meta['dim']}, test {meta['n_test']} x {meta['dim']} "
           f"({meta['seconds']:.0f}s)")
     if os.path.abspath(path) != os.path.abspath(canonical):

@@ -2,28 +2,67 @@
 
 Used by save_features.py and by run.py when a cache is missing, so both produce the same file.
 Texts are processed in order of length, so each batch is padded only to its own longest text.
+
+Each split's rows, in that order, are cut into chunks of `chunk_rows`; chunk k is computed by rank
+k mod world size (torchrun; one process computes them all) and saved in its own file in
+`{cache}.parts/`, named by split, k and the number of chunks, which depend on neither the ranks nor
+the batch size. Then rank 0 merges the chunks into the cache and removes the folder. A killed
+extraction started again, with any number of processes, reuses every chunk already saved that was
+made of the same rows for the same model, dataset, image size and precision. Striding the chunks
+over the ranks, rather than giving each rank one block, shares the long texts (first in the order)
+among the ranks, so no rank waits for one that got all of them.
 """
+import os
+import shutil
+import signal
 import time
 
 import torch
 from tqdm import tqdm
 
+from aft.distributed import SINGLE
+from aft.errors import UserError
 from aft.features import make_meta, write_features
+from aft.files import atomic_save, safe_load
 from aft.models import check_modality, resolve_model
 from aft.runtime import autocast, resolve_precision, speed_settings
 
-
-def batches_for_extraction(inputs, batch_size):
-    """Index batches covering every row once; text sorted by length (longest first)."""
-    n = len(inputs)
-    order = torch.argsort(inputs.lengths, descending=True, stable=True) if hasattr(inputs, "lengths") \
-        else torch.arange(n)
-    return list(order.split(batch_size))
+CHUNK_ROWS = 4096  # rows per chunk file: what a kill can cost
+# A test hook, unset in normal use: the process of the rank this variable names kills itself (SIGKILL)
+# right after saving its first chunk, so a test interrupts an extraction at a known point.
+KILL_AFTER_FIRST_CHUNK = "AFT_TEST_KILL_AFTER_FIRST_CHUNK"
 
 
-def prepare_body(body, device, precision, modality):
+def extraction_order(inputs):
+    """Every row once, in the order extraction computes them: text by length (longest first), so
+    each batch is padded only to its own longest text; other inputs in row order."""
+    if hasattr(inputs, "lengths"):
+        return torch.argsort(inputs.lengths, descending=True, stable=True)
+    return torch.arange(len(inputs))
+
+
+def check_device_map(spec, device_map, world):
+    """Refuse --device_map=auto where it cannot apply, before any work."""
+    if not device_map:
+        return
+    if world.size > 1:
+        raise UserError("--device_map=auto spreads one model over the GPUs of one process, and torchrun gives each "
+                        "process its own GPU: use one or the other")
+    if not spec.takes_device_map:
+        raise UserError(f"--device_map=auto is for Hugging Face models and {spec.name} is not one; leave --device_map "
+                        f"unset")
+    try:
+        import accelerate  # noqa: F401  (transformers places the model with it)
+    except ImportError:
+        raise UserError("--device_map=auto needs the package accelerate: pip install accelerate") from None
+
+
+def prepare_body(body, device, precision, modality, placed=False):
     """A feature extractor ready for compute_features: on the device, in eval mode, in bf16 when
-    that is the precision, channels-last for images on CUDA."""
+    that is the precision, channels-last for images on CUDA. `placed`: already spread over the GPUs
+    by device_map (and loaded in its dtype), so it is only put in eval mode."""
+    if placed:
+        return body.eval()
     body = body.to(device).eval()
     if precision == "bf16":
         body = body.to(torch.bfloat16)
@@ -33,41 +72,45 @@ def prepare_body(body, device, precision, modality):
 
 
 @torch.inference_mode()
-def compute_features(body, inputs, batch_size, device, precision, desc="features"):
-    """Features of every row of `inputs`, float32 on the host, in row order.
+def compute_features(body, inputs, batch_size, device, precision, desc="features", rows=None):
+    """Features of every row of `inputs`, float32 on the host, in row order; or, given `rows`, of
+    those rows, computed and returned in that order.
 
     The device never waits for the host between batches: the batch order goes to the device once,
     and each batch's features are copied back asynchronously (into pinned memory on CUDA) in batch
     order; the rows are put back in their own order once, at the end.
     """
-    batches = batches_for_extraction(inputs, batch_size)
+    order = extraction_order(inputs) if rows is None else rows
+    batches = list(order.split(batch_size))
     widths = inputs.widths(batches)
     if not batches:
         return torch.empty((0, 0))
-    order = torch.cat(batches)
     device_batches = order.to(device).split(batch_size)
     out, start = None, 0
     for idx, width in zip(tqdm(device_batches, desc=desc, leave=False, mininterval=2), widths):
         with autocast(device, precision):
             feats = body(inputs.batch(idx, width))
         if out is None:
-            out = torch.empty((len(inputs), feats.shape[1]), dtype=torch.float32, pin_memory=device.type == "cuda")
+            out = torch.empty((len(order), feats.shape[1]), dtype=torch.float32, pin_memory=device.type == "cuda")
         out[start:start + len(idx)].copy_(feats.float(), non_blocking=True)
         start += len(idx)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result = torch.empty(out.shape, dtype=out.dtype)
-    result[order] = out
+    if rows is None:
+        result[order] = out
+    else:
+        result.copy_(out)
     return result
 
 
-def compute_features_adaptive(body, inputs, batch_size, device, precision, desc):
+def compute_features_adaptive(body, inputs, batch_size, device, precision, desc, rows=None):
     """compute_features, halving the batch size whenever the GPU runs out of memory; returns the
     features and the batch size that worked (the next split starts from it). Text batches come
     longest first, so an oversized batch fails at once, not after most of the work."""
     while True:
         try:
-            return compute_features(body, inputs, batch_size, device, precision, desc=desc), batch_size
+            return compute_features(body, inputs, batch_size, device, precision, desc=desc, rows=rows), batch_size
         except torch.OutOfMemoryError:
             pass  # leave the except block first, so the failed batch's tensors can be freed
         if batch_size == 1:
@@ -80,23 +123,89 @@ def compute_features_adaptive(body, inputs, batch_size, device, precision, desc)
         print(f"{desc}: out of GPU memory; retrying with batch size {batch_size}", flush=True)
 
 
-def extract_to_cache(model_name, task, path, batch_size, device, precision="auto", image_size=None):
-    """Compute `model_name`'s features of `task` and write them atomically to `path`. Returns the cache."""
+def chunk_path(folder, split, index, count):
+    return os.path.join(folder, f"{split}-{index:05d}-of-{count:05d}.pt")
+
+
+def load_chunk(path, identity, rows):
+    """The features saved at `path` when that chunk holds `rows` of the extraction `identity`; else
+    None (no such file, an unreadable one, or one of another extraction: computed again)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        chunk = safe_load(path, "chunk of features", mmap=True)
+    except UserError:
+        return None
+    if not (isinstance(chunk, dict) and chunk.get("identity") == identity and isinstance(chunk.get("rows"), torch.Tensor)
+            and torch.equal(chunk["rows"], rows)):
+        return None
+    return chunk["features"]
+
+
+def extract_chunks(body, inputs, folder, identity, chunk_rows, world, batch_size, device, precision, desc):
+    """Compute and save this rank's chunks of one split that no earlier run saved; returns the
+    chunks' rows and the batch size that worked."""
+    chunks = extraction_order(inputs).split(chunk_rows)
+    for k in range(world.rank, len(chunks), world.size):
+        path = chunk_path(folder, identity["split"], k, len(chunks))
+        if load_chunk(path, identity, chunks[k]) is not None:
+            continue
+        feats, batch_size = compute_features_adaptive(body, inputs, batch_size, device, precision,
+                                                      f"{desc} chunk {k + 1}/{len(chunks)}", rows=chunks[k])
+        # clone: a view would save the whole split's order with it
+        atomic_save({"identity": identity, "rows": chunks[k].clone(), "features": feats}, path)
+        if os.environ.get(KILL_AFTER_FIRST_CHUNK) == str(world.rank):
+            os.kill(os.getpid(), signal.SIGKILL)
+    return chunks, batch_size
+
+
+def merge_chunks(folder, identity, chunks, dim):
+    """The split's features in row order, from its chunk files (`dim` wide when it has no rows)."""
+    feats = []
+    for k, rows in enumerate(chunks):
+        path = chunk_path(folder, identity["split"], k, len(chunks))
+        feats.append(load_chunk(path, identity, rows))  # memory-mapped: only `out` holds the split
+        if feats[-1] is None:
+            raise UserError(f"{path} is missing or holds other rows after every rank finished (did another "
+                            f"extraction of the same cache finish at the same time?); run the extraction again")
+    out = torch.empty((identity["rows"], feats[0].shape[1] if feats else dim))
+    for rows, part in zip(chunks, feats):
+        out[rows] = part
+    return out
+
+
+def extract_to_cache(model_name, task, path, batch_size, device, precision="auto", image_size=None,
+                     chunk_rows=CHUNK_ROWS, world=SINGLE, device_map=None):
+    """Compute `model_name`'s features of `task` and write them atomically to `path`, through chunk
+    files in `{path}.parts/` (see the module docstring); `world`: this process's rank among those
+    torchrun started; `device_map`: "auto" spreads a Hugging Face model over the GPUs (accelerate;
+    check_device_map first). Returns the cache on rank 0, None on the others."""
     spec = resolve_model(model_name)
     check_modality(spec, task)
     precision = resolve_precision(precision, device)
     start = time.time()
     speed_settings(device, precision)
     # Weights load straight in bf16 when that is the precision: a 7B LM then needs 14 GB, not 28.
-    body, dim = spec.build(pretrained=True, dtype=torch.bfloat16 if precision == "bf16" else None)
-    body = prepare_body(body, device, precision, spec.modality)
-    feats = {}
+    body, dim = spec.build(pretrained=True, dtype=torch.bfloat16 if precision == "bf16" else None,
+                           **({"device_map": device_map} if device_map else {}))
+    body = prepare_body(body, device, precision, spec.modality, placed=bool(device_map))
+    folder = f"{path}.parts"
+    done = {}
     for split in ("train", "test"):
         inputs = spec.make_inputs(getattr(task, split).inputs, task, image_size).to(device)
-        feats[split], batch_size = compute_features_adaptive(body, inputs, batch_size, device, precision,
-                                                             f"{model_name} {task.name} {split}")
+        identity = dict(model=model_name, dataset=task.name, split=split, rows=len(inputs), image_size=image_size or 0,
+                        precision=precision)
+        chunks, batch_size = extract_chunks(body, inputs, folder, identity, chunk_rows, world, batch_size, device,
+                                            precision, f"{model_name} {task.name} {split}")
+        done[split] = identity, chunks
+    world.barrier()  # every rank's chunks are saved
+    if not world.is_main:
+        return None
+    feats = {split: merge_chunks(folder, identity, chunks, dim) for split, (identity, chunks) in done.items()}
     # image_size 0: the model's own; the modality tells a reader that a text model's cache has none
     meta = make_meta(model_name, task.name, feats["train"], feats["test"], precision=precision, device=device.type,
-                     modality=spec.modality, image_size=image_size or 0, seconds=round(time.time() - start, 1))
+                     modality=spec.modality, image_size=image_size or 0, world_size=world.size,
+                     seconds=round(time.time() - start, 1))
     write_features(path, feats["train"], feats["test"], meta)
+    shutil.rmtree(folder)
     return {"train": feats["train"], "test": feats["test"], "meta": meta}

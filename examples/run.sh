@@ -9,6 +9,11 @@
 #
 #   sh examples/run.sh
 #   METHOD=kd PREC=1 SEEDS="0 1 2" sh examples/run.sh
+#   SEEDS="0 1 2 3" GPUS="0 1" sh examples/run.sh   # the seeds spread over GPUs 0 and 1, one run each at a time
+#
+# GPUS (device names: CUDA numbers or UUIDs, or "cpu", also repeated) deals the seeds round-robin into
+# one queue per device and runs the queues at once (examples/grid.sh, on_devices); without it the
+# seeds run one after another.
 set -e
 
 METHOD=${METHOD:-aft}          # init (standard transfer learning), kd, aft, ...
@@ -31,11 +36,13 @@ EXTRA=${EXTRA:-}               # more run.py flags
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # for python -m aft.results from any folder
+. "$ROOT/examples/grid.sh"
 
-for seed in $SEEDS; do
-    # shellcheck disable=SC2086  # EXTRA is a list of flags
+# train_seed SEED: one run.py run
+train_seed() {
+    # shellcheck disable=SC2086  # EXTRA is a list of flags; DEVICE_FLAG (from GPUS) comes last, so it wins
     python "$ROOT/run.py" \
-        --seed="$seed" \
+        --seed="$1" \
         --model_class="$MODEL" \
         --init_model="$INIT_MODEL" \
         --dataset="$DATASET" \
@@ -57,7 +64,10 @@ for seed in $SEEDS; do
         --ckpt_dir="$CKPT_DIR" \
         --resume=True \
         --skip_done=True \
-        $EXTRA
-done
+        $EXTRA $DEVICE_FLAG
+}
+
+# shellcheck disable=SC2086  # SEEDS is a list
+on_devices train_seed "$(printf '%s\n' $SEEDS)"
 
 python -m aft.results "$OUT"

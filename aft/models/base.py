@@ -16,6 +16,8 @@ class ModelSpec:
     # `dtype` (e.g. torch.bfloat16) loads the weights in that precision: large extractors on CUDA.
     build: Callable
     make_inputs: Callable  # make_inputs(split_inputs, task, image_size) -> TextInputs | ImageInputs | PairInputs
+    # build also takes device_map="auto": the model spread over the GPUs by accelerate (Hugging Face models)
+    takes_device_map: bool = False
 
     def accepts(self, task_modality):
         """A single-modality model also reads its part of an image + text task (SNLI-VE's pictures or

@@ -52,13 +52,13 @@ class HFFeatures(nn.Module):
             return torch.relu(self.pre_classifier(h[:, 0]))
         if self.pooling == "last":
             return _last_real_token(h, mask)
-        m = mask.unsqueeze(-1).to(h.dtype)  # "mean"
+        m = mask.unsqueeze(-1).to(h.device, h.dtype)  # "mean"
         return (h * m).sum(1) / m.sum(1).clamp(min=1)
 
 
 def _last_real_token(h, mask):
     # Works for left and right padding alike: the position of the last 1 in the mask.
-    pos = mask.shape[1] - 1 - mask.flip(1).argmax(1)
+    pos = (mask.shape[1] - 1 - mask.flip(1).argmax(1)).to(h.device)  # spread over GPUs, h may be on another than mask
     return h[torch.arange(h.shape[0], device=h.device), pos]
 
 
@@ -93,14 +93,14 @@ def hf_spec(name, source=None, pooling=None):
     overrides the family's own (and then no head dropout applies)."""
     source = source or name
 
-    def build(pretrained, dtype=None):
+    def build(pretrained, dtype=None, device_map=None):
         import transformers
         check_hub(source)
         with offline_hint(name):
             config = transformers.AutoConfig.from_pretrained(source)
             pool = pooling or _pooling_for(config)
             dropout = _head_dropout(config) if pooling is None else 0.0
-            load = {"dtype": dtype} if dtype is not None else {}
+            load = {key: value for key, value in (("dtype", dtype), ("device_map", device_map)) if value is not None}
 
             def make(cls):
                 return cls.from_pretrained(source, config=config, **load) if pretrained else cls.from_config(config)
@@ -115,7 +115,7 @@ def hf_spec(name, source=None, pooling=None):
     def make_inputs(raw, task, image_size=None):
         return text_inputs(raw, task, source, name)
 
-    return ModelSpec(name, "text", build, make_inputs)
+    return ModelSpec(name, "text", build, make_inputs, takes_device_map=True)
 
 
 def text_inputs(raw, task, tokenizer_source, name=None):
