@@ -42,7 +42,8 @@ HELP = {
     "ckpt_dir": "write a checkpoint here at every evaluation",
     "resume": "continue from the checkpoint in --ckpt_dir if there is one",
     "skip_done": "if the results JSON of this exact configuration exists, print its path and exit without training",
-    "run_name": "name of the results file and checkpoint (default: from dataset, model, method, prec, lr, seed)",
+    "run_name": "name of the results file and checkpoint (default: dataset, model, method, prec, lr, seed, then 8 hex "
+                "digits of a hash of every setting, so runs of other settings never share a file)",
     "features_dir": "folder of the feature cache {model}_{dataset}.pt",
     "data_dir": "folder of datasets on disk",
     "out_dir": "folder of the results JSON files",
