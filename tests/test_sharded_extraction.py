@@ -128,11 +128,7 @@ def test_device_map_is_refused_under_torchrun():
         check_device_map(resolve_model("all-MiniLM-L6-v2"), "auto", World(rank=0, size=2))
 
 
-def test_device_map_without_accelerate_names_the_install():
-    try:
-        import accelerate  # noqa: F401
-        pytest.skip("accelerate is installed")
-    except ImportError:
-        pass
+def test_device_map_without_accelerate_names_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # as if not installed: importing it raises ImportError
     with pytest.raises(UserError, match=r"^--device_map=auto needs the package accelerate: pip install accelerate$"):
         check_device_map(resolve_model("all-MiniLM-L6-v2"), "auto", World())
