@@ -11,6 +11,7 @@ import torch
 
 from aft.errors import UserError
 from aft.files import atomic_save, safe_load
+from aft.runtime import library_versions
 
 DEFAULT_FEATURES_DIR = "./features"  # the paper's folder; every script's --features_dir default
 
@@ -46,13 +47,9 @@ def _size_in_words(image_size):
 
 
 def make_meta(model, dataset, train, test, **extra):
-    import numpy
-    import transformers
-    import timm
     meta = dict(model=model, dataset=dataset, n_train=int(train.shape[0]), n_test=int(test.shape[0]),
-                dim=int(train.shape[1]), dtype=str(train.dtype).replace("torch.", ""),
-                torch=str(torch.__version__), timm=timm.__version__, transformers=transformers.__version__,
-                numpy=numpy.__version__, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                dim=int(train.shape[1]), dtype=str(train.dtype).replace("torch.", ""), **library_versions(),
+                time=time.strftime("%Y-%m-%dT%H:%M:%S"))
     if cache_name(model) != model:  # a local folder: the file is named by the folder, so keep where it was
         meta["model_path"] = os.path.abspath(model.split(":", 1)[1] if model.startswith(LOCAL_FOLDER_PREFIXES) else model)
     meta.update(extra)

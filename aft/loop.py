@@ -29,6 +29,7 @@ from tqdm import tqdm
 from aft.config import check_same_run
 from aft.errors import UserError, first_line
 from aft.files import atomic_save, safe_load, write_json
+from aft.runtime import library_versions
 
 
 def make_optimizer(groups, cfg, device):
@@ -123,12 +124,8 @@ CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def provenance():
     """What made a result: the code's git commit, the library versions and the command line."""
-    import numpy
-    import timm
-    import transformers
     commit, dirty = git_state(CODE_ROOT)
-    return dict(commit=commit, dirty=dirty, python=platform.python_version(), torch=torch.__version__,
-                timm=timm.__version__, transformers=transformers.__version__, numpy=numpy.__version__,
+    return dict(commit=commit, dirty=dirty, python=platform.python_version(), **library_versions(),
                 argv=list(sys.argv))
 
 

@@ -46,3 +46,12 @@ def speed_settings(device, precision):
         torch.backends.cuda.matmul.allow_tf32 = precision == "bf16"
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+
+
+def library_versions():
+    """The versions of the libraries whose numbers a result or a feature cache depends on."""
+    import numpy
+    import timm
+    import transformers
+    return dict(torch=str(torch.__version__), timm=timm.__version__, transformers=transformers.__version__,
+                numpy=numpy.__version__)
