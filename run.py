@@ -3,19 +3,23 @@
     python run.py                          # the offline demo: tweets, tiny BERT, MiniLM features, AFT
     python run.py --method=init            # standard transfer learning on the same task
     python run.py --help                   # the flags: the paper's, then this tool's own
+    torchrun --nproc_per_node=4 run.py ... # data-parallel over 4 GPUs: the same run, --batch_size the global batch
 
 Flags keep the names and meanings of the paper's code; the defaults live in aft.config.Config.
 """
+import os
+import sys
 from dataclasses import fields
 
 from absl import flags
 
-from aft import cli
+from aft import cli, distributed
 from aft.config import BOUNDS, Config
 from aft.datasets import DATASETS
 from aft.errors import check_bounds, main_guard
 from aft.experiment import run
 from aft.methods import METHODS
+from aft.runtime import resolve_device
 
 HELP = {
     "seed": "random seed (model init, batch order, dropout)",
@@ -93,12 +97,21 @@ def config_from_flags():
 
 
 def start():
-    """Check and note the paper-only flags, then run."""
+    """Check and note the paper-only flags, then run (under torchrun, in every process: rank 0 alone
+    prints and writes files; errors still reach stderr from any)."""
+    world = distributed.from_environment()
+    if not world.is_main:
+        sys.stdout = open(os.devnull, "w")
     check_bounds(FLAGS, {name: bound for name, (_, _, bound, _) in PAPER_ONLY.items() if bound})
     for name, (_, _, _, note) in PAPER_ONLY.items():
         if FLAGS[name].present:
             print(f"note: --{name}: {note}")
-    return run(config_from_flags())
+    cfg = config_from_flags()
+    distributed.start(world, world.device(resolve_device(cfg.device)))
+    try:
+        return run(cfg, world)
+    finally:
+        distributed.stop(world)
 
 
 def main(argv):

@@ -20,6 +20,7 @@ from absl import flags
 
 from aft import cli, distributed
 from aft.datasets import DATASETS, load_task
+from aft.datasets.decode import decode_size
 from aft.errors import UserError, check_bounds, main_guard
 from aft.extract import CHUNK_ROWS, check_device_map, extract_to_cache
 from aft.features import DEFAULT_FEATURES_DIR, feature_path
@@ -92,7 +93,8 @@ def save():
         check_device_map(resolve_model(FLAGS.model_class), device_map(), world)
     device = world.device(resolve_device(FLAGS.device))
     use_cores(FLAGS.num_workers)
-    task = load_task(FLAGS.dataset, FLAGS.data_dir or None)
+    spec = resolve_model(FLAGS.model_class)
+    task = load_task(FLAGS.dataset, FLAGS.data_dir or None, decode_size([spec.pixels(FLAGS.image_size or None)]))
     if FLAGS.debug:
         return debug(task)
     canonical = feature_path(FLAGS.features_dir, FLAGS.model_class, FLAGS.dataset)

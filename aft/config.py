@@ -120,6 +120,9 @@ def check_config(cfg):
     check_bounds(cfg, BOUNDS, notes={"prec": "it is beta, the regularisation strength"})
     if cfg.optimizer not in ("adam", "sgd"):
         raise UserError(f"--optimizer={cfg.optimizer}; valid: adam, sgd")
+    if not cfg.no_augment and not method.augments:
+        raise UserError("--no_augment=False: augmentation is only for --method=init (the paper's code asserts it); "
+                        "drop --no_augment or use --method=init")
     if cfg.init_model and cfg.init_model != cfg.model_class:
         raise UserError(f"--init_model={cfg.init_model} must be empty (random init) or equal to "
                         f"--model_class={cfg.model_class} (start from its pre-trained weights)")
@@ -130,12 +133,20 @@ def check_config(cfg):
     # The downstream model (a linear probe has none) and every teacher whose features will be
     # computed must read the dataset's inputs: said now, not after a long load or extraction. An
     # unknown name fails here too. A cached teacher's modality was checked when its cache was made.
-    from aft.datasets import dataset_entry
+    from aft.datasets import dataset_entry, tensor_product
+    from aft.features import cached_modality, feature_path
     from aft.models import check_modality, resolve_model
     from aft.teachers import uncached_teachers
     dataset = dataset_entry(cfg.dataset)
-    models = [cfg.model_class] if method.trains_student else []
-    if method.uses_teacher:
-        models += uncached_teachers(cfg)
-    for name in models:
-        check_modality(resolve_model(name), dataset)
+    if method.trains_student:
+        check_modality(resolve_model(cfg.model_class), dataset)
+    for name in uncached_teachers(cfg) if method.uses_teacher else []:
+        spec = resolve_model(name)
+        check_modality(spec, dataset)
+        if spec.downstream_only:
+            raise UserError(spec.downstream_only)
+    if tensor_product(dataset.modality):
+        student = resolve_model(cfg.model_class) if method.trains_student else None
+        teachers = [cached_modality(feature_path(cfg.features_dir, name, cfg.dataset)) or resolve_model(name).modality
+                    for name in cfg.teacher_names] if method.uses_teacher else []
+        method.check_tensor_product(cfg.dataset, teachers, student.product_factors if student else None)

@@ -1,9 +1,11 @@
 """More than one process: torch.distributed, as torchrun starts it.
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK in each process it starts; without them (a plain
-`python ...`) there is one process and nothing here starts a process group.
+`python ...`) there is one process and nothing here starts a process group, and every collective
+below returns its input unchanged.
 """
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +30,76 @@ class World:
     def barrier(self):
         if self.size > 1:
             torch.distributed.barrier()
+
+    def shard(self, n):
+        """This rank's rows of n (a slice): contiguous shares in rank order, so the ranks' shares laid
+        side by side are the n rows in order. n must divide evenly (a global batch) or not (evaluation)."""
+        bounds = [n * r // self.size for r in range(self.size + 1)]
+        return slice(bounds[self.rank], bounds[self.rank + 1])
+
+    @contextmanager
+    def main_first(self):
+        """Rank 0 runs the block first (and writes what it makes: a feature cache, ft's autoencoder);
+        the others run it after, and find those files made."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
+
+    def sum(self, x):
+        """x summed over the ranks (in place; returned)."""
+        if self.size > 1:
+            torch.distributed.all_reduce(x)
+        return x
+
+    def min(self, x):
+        """x's smallest value over the ranks (in place; returned)."""
+        if self.size > 1:
+            torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.MIN)
+        return x
+
+    def gather_objects(self, obj):
+        """Every rank's `obj` (a picklable value), in rank order, on every rank."""
+        if self.size == 1:
+            return [obj]
+        out = [None] * self.size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def gather_rows(self, x):
+        """The ranks' x (each a contiguous share of a batch) concatenated in rank order, with
+        gradients: the gradient of a loss that every rank computes alike from the gathered rows flows
+        back to each rank's own rows, summed over the ranks."""
+        return x if self.size == 1 else _GatherRows.apply(x, self)
+
+    def average_gradients(self, params):
+        """Average the gradients of `params` over the ranks, in one flat buffer (the parameters that
+        DistributedDataParallel does not hold: a method's own)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if self.size == 1 or not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.size
+        for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(part.view_as(g))
+
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, world):
+        ctx.world = world
+        parts = [torch.empty_like(x) for _ in range(world.size)]
+        torch.distributed.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        world = ctx.world
+        grad = grad.contiguous()
+        torch.distributed.all_reduce(grad)
+        return grad.chunk(world.size)[world.rank], None
 
 
 SINGLE = World()

@@ -7,39 +7,56 @@ import time
 
 from aft.config import check_config, check_same_run, default_run_name
 from aft.datasets import check_train_rows, load_task, train_eval_indices
+from aft.datasets.decode import decode_size
+from aft.distributed import SINGLE
 from aft.errors import UserError, first_line
 from aft.loop import AFRESH, fit, read_checkpoint
 from aft.methods import get_method
 from aft.probe import ProbeTrainer
 from aft.runtime import resolve_device, resolve_precision, seed_everything, speed_settings
-from aft.teachers import load_teachers
+from aft.models import resolve_model
+from aft.teachers import load_teachers, uncached_teachers
 from aft.train import Trainer
 
 
-def run(cfg):
+def run(cfg, world=SINGLE):
     """Train, evaluate every `eval_steps`, write the results JSON; returns the results dict (with
-    --skip_done, that of the identical run already done, if there is one)."""
+    --skip_done, that of the identical run already done, if there is one). `world`: this process
+    among those torchrun started, its process group already joined (aft.distributed.start)."""
     check_config(cfg)
+    if cfg.batch_size % world.size:
+        raise UserError(f"--batch_size={cfg.batch_size} is the batch of all {world.size} processes together and "
+                        f"must divide evenly among them; use a multiple of {world.size}")
     run_name = cfg.run_name or default_run_name(cfg)
     done = earlier_run(cfg, run_name)
     if done is not None:
         return done
     method = get_method(cfg.method)
-    device = resolve_device(cfg.device)
+    device = world.device(resolve_device(cfg.device))
     precision = resolve_precision(cfg.precision, device)
     speed_settings(device, precision)
     seed_everything(cfg.seed)
     started = time.time()
 
-    task = load_task(cfg.dataset, cfg.data_dir or None)
+    task = load_task(cfg.dataset, cfg.data_dir or None, world.gather_objects(pictures_side(cfg, method))[0])
     train_idx, val_idx = train_eval_indices(len(task.train), cfg.train_frac, cfg.use_val)
     check_train_rows(task.name, len(task.train), len(train_idx), cfg.train_frac, cfg.use_val)
     eval_split = task.train.subset(val_idx) if cfg.use_val else task.test
-    teachers = load_teachers(cfg, task, train_idx, val_idx, device, keep_eval=not method.trains_student) \
-        if method.uses_teacher else None
+    teachers = load_teachers(cfg, task, train_idx, val_idx, device, keep_eval=not method.trains_student,
+                             world=world) if method.uses_teacher else None
     trainer_cls = Trainer if method.trains_student else ProbeTrainer
-    trainer = trainer_cls(cfg, task, train_idx, eval_split, teachers, device, precision)
+    trainer = trainer_cls(cfg, task, train_idx, eval_split, teachers, device, precision, world)
     return fit(trainer, cfg, run_name, started)
+
+
+def pictures_side(cfg, method):
+    """The side pictures of varying size are decoded at for this run: the largest that a model reading
+    them in this run resizes them to (the downstream model, and the pre-trained models whose features
+    are computed now), so none of them sees an upsampled copy."""
+    sizes = [resolve_model(cfg.model_class).pixels(cfg.image_size or None)] if method.trains_student else []
+    if method.uses_teacher:
+        sizes += [resolve_model(name).pixels(cfg.teacher_image_size or None) for name in uncached_teachers(cfg)]
+    return decode_size(sizes)
 
 
 def earlier_run(cfg, run_name):

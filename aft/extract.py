@@ -203,9 +203,12 @@ def extract_to_cache(model_name, task, path, batch_size, device, precision="auto
         return None
     feats = {split: merge_chunks(folder, identity, chunks, dim) for split, (identity, chunks) in done.items()}
     # image_size 0: the model's own; the modality tells a reader that a text model's cache has none
+    # decoded_size: the side the dataset's pictures were decoded to first (0: kept as they are)
     meta = make_meta(model_name, task.name, feats["train"], feats["test"], precision=precision, device=device.type,
-                     modality=spec.modality, image_size=image_size or 0, world_size=world.size,
-                     seconds=round(time.time() - start, 1))
+                     modality=spec.modality, image_size=image_size or 0, decoded_size=task.decoded_size,
+                     world_size=world.size, seconds=round(time.time() - start, 1))
+    if spec.describe_features and spec.describe_features():
+        meta["features"] = spec.describe_features()
     write_features(path, feats["train"], feats["test"], meta)
     shutil.rmtree(folder)
     return {"train": feats["train"], "test": feats["test"], "meta": meta}

@@ -56,8 +56,28 @@ def make_meta(model, dataset, train, test, **extra):
     return meta
 
 
+def cached_modality(path):
+    """The modality recorded in the cache at `path` (its tensors are mapped, not read), or None when
+    there is no such file or it records none."""
+    if not os.path.exists(path):
+        return None
+    cache = safe_load(path, "feature file", mmap=True)
+    return cache.get("meta", {}).get("modality") if isinstance(cache, dict) else None
+
+
 def write_features(path, train, test, meta):
     atomic_save({"train": train.contiguous(), "test": test.contiguous(), "meta": meta}, path)
+
+
+def expected_features(model):
+    """What `model`'s features are in words, where a cache must record it (aft.models.ModelSpec's
+    describe_features); None for other models, and for a name no model here has (a cache made elsewhere)."""
+    from aft.models import resolve_model
+    try:
+        spec = resolve_model(model)
+    except UserError:
+        return None
+    return spec.describe_features() if spec.describe_features else None
 
 
 def read_features(path, model=None, dataset=None, n_train=None, n_test=None, features_dir=DEFAULT_FEATURES_DIR,
@@ -81,6 +101,10 @@ def read_features(path, model=None, dataset=None, n_train=None, n_test=None, fea
         raise UserError(f"{path} holds features of model {meta.get('model')!r}, not {model!r}{redo}")
     if dataset is not None and meta.get("dataset") != dataset:
         raise UserError(f"{path} holds features of dataset {meta.get('dataset')!r}, not {dataset!r}{redo}")
+    expected = expected_features(model) if model is not None else None
+    if expected and meta.get("features") != expected:
+        made = meta.get("features") or "older code made them (a sentence-transformers model pooled by its family's head)"
+        raise UserError(f"{path} holds features of {model} made as {made}, not as its {expected}{redo}")
     made_at = meta.get("image_size") or 0
     if image_size is not None and meta.get("modality") != "text" and made_at != image_size:
         raise UserError(f"{path} holds features of images at {_size_in_words(made_at)}, but this run expects "

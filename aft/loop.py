@@ -6,6 +6,8 @@ the first NaN or inf loss, logs to wandb, and writes the results JSON with its p
 library versions, command line). A trainer is anything with this small protocol:
 
     steps, n_train, n_eval, precision        # totals of the run, and the arithmetic it used
+    decoded_size                             # the side its pictures were decoded to (0: kept as they are)
+    world                                    # this process among those torchrun started (aft.distributed)
     widths(batches) -> per-batch text widths (host side, once per epoch; None for fixed-size inputs)
     step(idx, width) -> (loss, ce, reg)      # device scalars; idx is a device tensor of train rows
     evaluate() -> accuracy on the evaluation rows
@@ -13,11 +15,17 @@ library versions, command line). A trainer is anything with this small protocol:
 
 The losses stay on the device and are read back only at evaluations, so a step never waits for the
 device.
+
+Under torchrun every process runs this loop over the same global batches (`idx` is the whole batch;
+the trainer computes its own share, aft.train), so the run is the same on 1 or N processes. The
+losses are averaged over the processes at each evaluation; only rank 0 shows progress and writes the
+checkpoint, the results JSON and wandb; each process keeps its own RNG state in the checkpoint.
 """
 import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +38,11 @@ from aft.config import check_same_run
 from aft.errors import UserError, first_line
 from aft.files import atomic_save, safe_load, write_json
 from aft.runtime import library_versions
+
+
+# A test hook, unset in normal use: "RANK:STEP" makes the process of that rank kill itself (SIGKILL)
+# right after the checkpoint of that step is in place, so a test interrupts a run at a known point.
+KILL_AFTER_CHECKPOINT = "AFT_TEST_KILL_AFTER_CHECKPOINT"
 
 
 def make_optimizer(groups, cfg, device):
@@ -55,21 +68,22 @@ def epoch_batches(n, batch_size, seed, epoch):
 
 def fit(trainer, cfg, run_name, started):
     """Train to the end (resuming from the run's checkpoint when asked); returns the evaluations."""
-    device, steps = trainer.device, trainer.steps
+    device, steps, world = trainer.device, trainer.steps, trainer.world
     ckpt_path = os.path.join(cfg.ckpt_dir, f"{run_name}.pt") if cfg.ckpt_dir else None
     step, evals = 0, []
     if cfg.resume and ckpt_path and os.path.exists(ckpt_path):
         step, evals = load_checkpoint(ckpt_path, cfg, trainer, device)
         print(f"resumed {run_name} from {ckpt_path} at step {step}", flush=True)
 
-    wandb_run = start_wandb(cfg, run_name) if cfg.use_wandb else None
+    wandb_run = start_wandb(cfg, run_name) if cfg.use_wandb and world.is_main else None
     n_train = trainer.n_train
     batches_per_epoch = max(1, n_train // min(cfg.batch_size, n_train))
     sums = torch.zeros(3, device=device)  # running loss, ce, reg since the last evaluation
     first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first step with a non-finite loss
     since = step
     split = "val" if cfg.use_val else "test"
-    bar = tqdm(total=steps, initial=step, desc=run_name, leave=False, mininterval=2, file=sys.stderr)
+    bar = tqdm(total=steps, initial=step, desc=run_name, leave=False, mininterval=2, file=sys.stderr,
+               disable=not world.is_main)
     while step < steps:
         epoch, offset = divmod(step, batches_per_epoch)
         batches = epoch_batches(n_train, cfg.batch_size, cfg.seed, epoch)[offset:]
@@ -83,19 +97,21 @@ def fit(trainer, cfg, run_name, started):
                                     torch.full_like(first_bad, step), first_bad)
             bar.update(1)
             if step % cfg.eval_steps == 0 or step == steps:
-                bad = int(first_bad)
+                bad = int(world.min(torch.where(first_bad < 0, steps + 1, first_bad)))
+                bad = bad if bad <= steps else -1
                 if bad >= 0:
                     bar.close()  # the error is then the last line on stderr, not glued to the bar
                     # A checkpoint is written at every evaluation, so the last one holds the last good state.
                     kept = f"; the last good checkpoint is {ckpt_path} (step {evals[-1]['step']})" if ckpt_path and evals else ""
                     raise UserError(f"the loss became NaN or inf at step {bad}{kept}; lower --lr or --prec")
                 acc = trainer.evaluate()
-                loss_m, ce_m, reg_m = (sums / (step - since)).tolist()
+                loss_m, ce_m, reg_m = (world.sum(sums) / (world.size * (step - since))).tolist()
                 evals.append(dict(step=step, loss=loss_m, ce=ce_m, reg=reg_m, acc=acc))
                 sums.zero_()
                 since = step
-                tqdm.write(f"step {step}/{steps} | loss {loss_m:.4f} | ce {ce_m:.4f} | reg {reg_m:.4f} | "
-                           f"{split}_acc {acc:.4f} | {time.time() - started:.0f}s")
+                if world.is_main:
+                    tqdm.write(f"step {step}/{steps} | loss {loss_m:.4f} | ce {ce_m:.4f} | reg {reg_m:.4f} | "
+                               f"{split}_acc {acc:.4f} | {time.time() - started:.0f}s")
                 if wandb_run is not None:
                     wandb_run.log({"loss": loss_m, "ce": ce_m, "reg": reg_m, f"{split}_acc": acc}, step=step)
                 if ckpt_path:
@@ -110,9 +126,11 @@ def finish_run(cfg, run_name, trainer, split, evals, started, wandb_run):
     """The results JSON of a run (and its wandb summary); returns the results dict."""
     results = dict(run_name=run_name, config=asdict(cfg), steps=trainer.steps, eval_split=split,
                    n_train=trainer.n_train, n_eval=trainer.n_eval, evals=evals, final_acc=evals[-1]["acc"],
-                   device=trainer.device.type, precision=trainer.precision, seconds=round(time.time() - started, 1),
-                   provenance=provenance())
-    write_json(os.path.join(cfg.out_dir, f"{run_name}.json"), results)
+                   device=trainer.device.type, precision=trainer.precision, world_size=trainer.world.size,
+                   decoded_size=trainer.decoded_size,
+                   seconds=round(time.time() - started, 1), provenance=provenance())
+    if trainer.world.is_main:
+        write_json(os.path.join(cfg.out_dir, f"{run_name}.json"), results)
     if wandb_run is not None:
         wandb_run.summary["final_acc"] = results["final_acc"]
         wandb_run.finish()
@@ -145,13 +163,27 @@ def git_state(root):
         return "unknown", "unknown"
 
 
-def save_checkpoint(path, trainer, step, evals, device, cfg):
-    # evals and config as JSON strings: the file stays loadable with weights_only=True
-    state = dict(trainer.state_dict(), step=step, evals=json.dumps(evals), config=json.dumps(asdict(cfg)),
-                 rng_cpu=torch.get_rng_state())
+def rng_state(device):
+    state = {"rng_cpu": torch.get_rng_state()}
     if device.type == "cuda":
-        state["rng_cuda"] = torch.cuda.get_rng_state()
-    atomic_save(state, path)
+        state["rng_cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def save_checkpoint(path, trainer, step, evals, device, cfg):
+    """Rank 0 writes the trainer's state (the same on every rank) and every rank's RNG state."""
+    world = trainer.world
+    rngs = world.gather_objects(rng_state(device))
+    if world.is_main:
+        # evals and config as JSON strings: the file stays loadable with weights_only=True
+        state = dict(trainer.state_dict(), step=step, evals=json.dumps(evals), config=json.dumps(asdict(cfg)),
+                     **rngs[0])
+        if world.size > 1:
+            state["rng_ranks"] = rngs
+        atomic_save(state, path)
+    world.barrier()  # every rank leaves with the checkpoint in place
+    if os.environ.get(KILL_AFTER_CHECKPOINT) == f"{world.rank}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 AFRESH = "delete it, or pass another --run_name or --ckpt_dir, to start afresh"
@@ -176,9 +208,13 @@ def load_checkpoint(path, cfg, trainer, device):
         trainer.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as e:
         raise UserError(f"{path} does not fit this model ({first_line(e)}); {AFRESH}") from None
-    torch.set_rng_state(state["rng_cpu"])
-    if device.type == "cuda" and "rng_cuda" in state:
-        torch.cuda.set_rng_state(state["rng_cuda"])
+    # Each rank continues its own random numbers (dropout, augmentation) when the checkpoint has them;
+    # one written by another number of processes gives every rank rank 0's.
+    ranks = state.get("rng_ranks") or []
+    rng = ranks[trainer.world.rank] if len(ranks) == trainer.world.size else state
+    torch.set_rng_state(rng["rng_cpu"])
+    if device.type == "cuda" and "rng_cuda" in rng:
+        torch.cuda.set_rng_state(rng["rng_cuda"], device)
     return state["step"], json.loads(state["evals"])
 
 

@@ -1,24 +1,33 @@
 """The trainer of a method that trains no downstream model (`linear_probe`): the method's own
-classifier on the concatenated cached features of the run's rows, with the run's optimizer, lr, wd,
-batch size, steps and cosine schedule. It follows aft.loop's trainer protocol, so it gets the same
-loop: evaluations, checkpoints and resume, the NaN stop, the results JSON."""
+classifier on the cached features of the run's rows (side by side, or their tensor product where the
+method reads one), with the run's optimizer, lr, wd, batch size, steps and cosine schedule. It follows
+aft.loop's trainer protocol, so it gets the same loop: evaluations, checkpoints and resume, the NaN
+stop, the results JSON; under torchrun, as aft.train: each process its share of every global batch,
+the gradients averaged (DistributedDataParallel), evaluation shared out."""
 import torch
 import torch.nn.functional as F
 
+from aft.distributed import SINGLE
 from aft.loop import cosine_schedule, make_optimizer
 from aft.methods import get_method
-
+from aft.product import join_features
 
 
 class ProbeTrainer:
-    def __init__(self, cfg, task, train_idx, eval_split, teachers, device, precision):
-        self.cfg, self.device, self.precision = cfg, device, "fp32"  # a linear layer: no autocast
-        self.x_train = torch.cat(teachers.train, 1).float().to(device)
+    def __init__(self, cfg, task, train_idx, eval_split, teachers, device, precision, world=SINGLE):
+        self.cfg, self.device, self.precision, self.world = cfg, device, "fp32", world  # a linear layer: no autocast
+        method_cls = get_method(cfg.method)
+        product = method_cls.reads_product(task.modality)
+        self.x_train = join_features([t.float() for t in teachers.train], product).to(device)
         self.y_train = task.train.labels[train_idx].to(device)
-        self.x_eval = torch.cat(teachers.eval, 1).float().to(device)
+        self.x_eval = join_features([t.float() for t in teachers.eval], product).to(device)
         self.y_eval = eval_split.labels.to(device)
         self.n_train, self.n_eval = len(self.y_train), len(self.y_eval)
-        self.model = get_method(cfg.method)(teachers.dims, task.num_classes).to(device)
+        self.decoded_size = task.decoded_size
+        self.model = method_cls(teachers.dims, task.num_classes, product=product).to(device)
+        self.forward = self.model if world.size == 1 else torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[device] if device.type == "cuda" else None)
+        self.share = world.shard(cfg.batch_size)
         self.steps = cfg.steps * task.step_multiplier  # 4 on mnli, qqp, qnli (the paper's), as a student's
         self.optimizer = make_optimizer([{"params": list(self.model.parameters())}], cfg, device)
         self.scheduler = cosine_schedule(self.optimizer, self.steps)
@@ -28,7 +37,8 @@ class ProbeTrainer:
         return [None] * len(batches)
 
     def step(self, idx, width=None):
-        loss = F.cross_entropy(self.model(self.x_train[idx]), self.y_train[idx])
+        rows = idx[self.share]
+        loss = F.cross_entropy(self.forward(self.x_train[rows]), self.y_train[rows])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -38,9 +48,10 @@ class ProbeTrainer:
 
     @torch.no_grad()
     def evaluate(self):
-        correct = sum((self.model(x).argmax(-1) == y).sum() for x, y in
-                      zip(self.x_eval.split(self.cfg.eval_batch_size), self.y_eval.split(self.cfg.eval_batch_size)))
-        return int(correct) / self.n_eval
+        rows = torch.arange(self.n_eval, device=self.device)[self.world.shard(self.n_eval)]
+        correct = sum((self.model(self.x_eval[b]).argmax(-1) == self.y_eval[b]).sum()
+                      for b in rows.split(self.cfg.eval_batch_size))
+        return int(self.world.sum(torch.as_tensor(correct, device=self.device))) / self.n_eval
 
     def state_dict(self):
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),

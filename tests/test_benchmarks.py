@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import needs_cpp_compiler
 
 
@@ -101,6 +103,22 @@ def test_extract_tiny():
         assert rows["project"]["images"] == 24 and rows["upstream"]["images"] == 8
         assert rows["project"]["dim"] == rows["upstream"]["dim"]
         assert rows["summary"]["speedup_vs_upstream"] > 0
+
+
+def test_distributed_tiny():
+    """Data-parallel steps, the gather of phi and sharded extraction, over 2 CPU processes (torchrun)."""
+    lines = run_bench("distributed.py")
+    rows = {(r["pipeline"], r.get("method")): r for r in lines[1:]}
+    assert set(rows) == {("train", "aft"), ("train", "init"), ("gather", None), ("extract", None)}
+    assert lines[0]["processes"] == 2 and all(r["processes"] == 2 for r in rows.values())
+    for method in ("aft", "init"):
+        train = rows[("train", method)]
+        assert train["batch_per_process"] == 4 and train["ms_per_step"] > 0
+        assert train["images_per_s"] == pytest.approx(2 * train["images_per_s_per_process"], rel=0.01)
+    gather = rows[("gather", None)]
+    assert gather["rows_per_process"] == 4 and gather["ms_per_step"] > 0 and 0 < gather["share_of_aft_step"]
+    extract = rows[("extract", None)]
+    assert extract["images"] == 64 and len(extract["images_per_s_per_process"]) == 2 and extract["features_finite"]
 
 
 def test_demo_precision_tiny(tmp_path, demo_features):

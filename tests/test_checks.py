@@ -166,7 +166,7 @@ def test_old_and_text_caches_are_read_at_the_models_own_size(tmp_path):
 def test_missing_cache_is_computed_at_the_teachers_size_not_the_students(tmp_path, monkeypatch):
     sizes = []
 
-    def record(name, task, path, batch_size, device, precision="auto", image_size=None):
+    def record(name, task, path, batch_size, device, precision="auto", image_size=None, world=None):
         sizes.append(image_size)
         write_teacher_cache(tmp_path, modality="image", image_size=image_size or 0)
 

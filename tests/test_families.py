@@ -7,8 +7,11 @@ cached features are checked against what the family's classification head reads,
 independently: a forward pre-hook on the head of transformers' own `...ForSequenceClassification`
 model fed one unpadded example at a time (BERT: the pooled output; DistilBERT: after pre_classifier
 and ReLU; RoBERTa: <s>; GPT-2 and LLaMA: the last token; T5: the decoder state at EOS), and for timm
-`model.forward_head(model.forward_features(x), pre_logits=True)` of the full model. run.py then
-trains a text and an image student from such folders (--init_model) against the others' caches.
+`model.forward_head(model.forward_features(x), pre_logits=True)` of the full model. A student's phi
+is checked against the input of the last linear layer of that same classifier (RoBERTa's and T5's
+`out_proj`, after their head's dense and tanh), and its head against the one the library builds and
+initialises. run.py then trains a text and an image student from such folders (--init_model) against
+the others' caches.
 """
 import json
 import os
@@ -181,21 +184,29 @@ def cached(zoo, family):
 
 # ---- text families ------------------------------------------------------------------------------
 
-def head_input_per_example(family, folder, texts):
-    """What the family's own sequence classifier hands its head, one unpadded example at a time."""
+# The family's whole sequence-classification head (what an extractor's features feed), and the head's
+# last linear layer (what the paper's code takes out of a downstream model, whose phi is its input).
+WHOLE_HEAD = {"bert": "classifier", "distilbert": "classifier", "roberta": "classifier", "gpt2": "score",
+              "llama": "score", "t5": "classification_head"}
+LAST_LINEAR = dict(WHOLE_HEAD, roberta="classifier.out_proj", t5="classification_head.out_proj")
+
+
+def head_input_per_example(family, folder, texts, layers=WHOLE_HEAD):
+    """What the family's own sequence classifier hands the layer `layers[family]` of its head, one
+    unpadded example at a time (of the token the head reads, where that layer gets every token)."""
     import transformers
     full = transformers.AutoModelForSequenceClassification.from_pretrained(folder).eval()
     tok = transformers.AutoTokenizer.from_pretrained(folder)
-    head = {"bert": "classifier", "distilbert": "classifier", "roberta": "classifier", "gpt2": "score",
-            "llama": "score", "t5": "classification_head"}[family]
     seen = {}
-    getattr(full, head).register_forward_pre_hook(lambda module, args: seen.__setitem__("x", args[0]))
+    full.get_submodule(layers[family]).register_forward_pre_hook(lambda module, args: seen.__setitem__("x", args[0]))
     rows = []
     with torch.no_grad():
         for text in texts:
             full(input_ids=torch.tensor([tok(text)["input_ids"]]))
             x = seen["x"][0]
-            rows.append({"roberta": lambda: x[0], "gpt2": lambda: x[-1], "llama": lambda: x[-1]}.get(family, lambda: x)())
+            if x.dim() == 2:  # every token: RoBERTa's head reads <s>, GPT-2's and LLaMA's the last token
+                x = x[0] if family == "roberta" else x[-1]
+            rows.append(x)
     return torch.stack(rows)
 
 
@@ -233,29 +244,102 @@ def test_last_token_with_left_and_right_padding(zoo, family):
 
 @pytest.mark.parametrize("family", TEXT_FAMILIES + IMAGE_FAMILIES)
 def test_init_model_loads_every_layer_but_the_head(zoo, family):
-    """A student from --init_model: its phi (eval mode) is the pre-trained feature, its head is new,
-    of the task's size; without --init_model phi differs (random weights)."""
-    task = load_task(zoo.dataset[family], zoo.data)
+    """A student from --init_model (eval mode): its phi is the input of the last linear layer of the
+    family's own classifier loaded from the folder (for timm, and the text families whose head is one
+    linear layer, the pre-trained feature; RoBERTa and T5 after their head's dense and tanh); its head
+    is new, of the task's size; without --init_model phi differs (random weights)."""
     cache = cached(zoo, family)
     model, spec = create_classifier(zoo.folders[family], 5, pretrained=True)
-    assert model.head.out_features == 5 and model.head.in_features == cache["train"].shape[1]
+    task = load_task(zoo.dataset[family], zoo.data, spec.pixels())  # decoded as save_features.py did
+    assert isinstance(model.head, torch.nn.Linear) and model.head.out_features == 5
+    assert model.head.in_features == cache["train"].shape[1]
     model.eval()
     inputs = spec.make_inputs(task.test.inputs, task)
     idx = torch.arange(len(task.test))
     with torch.no_grad():
         logits, phi = model(inputs.batch(idx, inputs.widths([idx])[0]))
         assert logits.shape == (len(task.test), 5)
-        torch.testing.assert_close(phi, cache["test"], **TOL)
+        expected = cache["test"] if family in IMAGE_FAMILIES else head_input_per_example(
+            family, zoo.folders[family], task.test.inputs, LAST_LINEAR)
+        torch.testing.assert_close(phi, expected, **TOL)
+        if family in ("roberta", "t5"):  # phi is no longer the extractor's feature
+            assert not torch.allclose(phi, cache["test"], atol=1e-3)
         scratch, _ = create_classifier(zoo.folders[family], 5, pretrained=False)
         assert not torch.allclose(scratch.eval()(inputs.batch(idx, inputs.widths([idx])[0]))[1], phi, atol=1e-3)
 
 
-def test_bert_and_distilbert_heads_keep_their_dropout(zoo):
-    """The paper's phi is what the head reads in training too: BERT's and DistilBERT's heads apply
-    dropout to it first (hidden_dropout_prob, seq_classif_dropout); the others do not."""
-    for family, p in (("bert", 0.1), ("distilbert", 0.2), ("gpt2", None), ("roberta", None)):
-        body, _ = resolve_model(zoo.folders[family]).build(pretrained=False)
-        assert (body.dropout.p if isinstance(body.dropout, torch.nn.Dropout) else None) == p, family
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
+def test_text_student_is_the_familys_own_classifier(zoo, family):
+    """A text student is transformers' own ...ForSequenceClassification for the task's classes, split
+    at its head's last linear layer: from random weights, the same model as transformers builds from the
+    same seed (every weight, the head included); from --init_model with the folder's own number of
+    classes, the folder's head is loaded, as from_pretrained(num_labels=) does."""
+    import transformers
+    folder = zoo.folders[family]
+    torch.manual_seed(1)
+    model, _ = create_classifier(folder, 5, pretrained=False)
+    torch.manual_seed(1)
+    full = transformers.AutoModelForSequenceClassification.from_config(
+        transformers.AutoConfig.from_pretrained(folder, num_labels=5))
+    theirs = {**{f"body.model.{k}": v for k, v in full.base_model.state_dict().items()},  # under our names
+              **{f"head.{k}": v for k, v in full.get_submodule(LAST_LINEAR[family]).state_dict().items()}}
+    ours = model.state_dict()
+    assert set(theirs) <= set(ours)
+    for key, value in theirs.items():
+        assert torch.equal(ours[key], value), key
+    if family in ("roberta", "t5"):  # the head's dense layer, before out_proj, is part of the body
+        assert torch.equal(model.body.after_pool.dense.weight, full.get_submodule(WHOLE_HEAD[family]).dense.weight)
+    saved = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
+    loaded, _ = create_classifier(folder, saved.config.num_labels, pretrained=True)
+    assert torch.equal(loaded.head.weight, saved.get_submodule(LAST_LINEAR[family]).weight)
+
+
+def test_fresh_heads_follow_the_architectures_init(zoo):
+    """A new head is initialised as its architecture defines: BERT normal(0, initializer_range) with a
+    zero bias; T5 normal(0, initializer_factor * d_model ** -0.5), zero bias; GPT-2 normal(0,
+    initializer_range) without a bias (transformers' _init_weights); timm's ViT trunc_normal(std=.02),
+    zero bias (init_weights_vit_timm); Mixer all zeros (its _init_weights for `head`); BiT's 1x1
+    Conv2d normal(0, .01), zero bias (resnetv2's _init_weights), as an nn.Linear of the same weights."""
+    import timm
+    import transformers
+    n = 64  # classes: enough weights for a 10% estimate of the std
+
+    def head(family):
+        torch.manual_seed(0)
+        return create_classifier(zoo.folders[family], n, pretrained=False)[0].head
+
+    def config(family):
+        return transformers.AutoConfig.from_pretrained(zoo.folders[family])
+
+    bert, t5, gpt2 = head("bert"), head("t5"), head("gpt2")
+    assert bert.weight.std().item() == pytest.approx(config("bert").initializer_range, rel=0.1)
+    t5_config = config("t5")
+    assert t5.weight.std().item() == pytest.approx(t5_config.initializer_factor * t5_config.d_model ** -0.5, rel=0.1)
+    assert gpt2.bias is None and gpt2.weight.std().item() == pytest.approx(config("gpt2").initializer_range, rel=0.1)
+    assert not bert.bias.any() and not t5.bias.any()
+    vit = head("vit")
+    assert vit.weight.std().item() == pytest.approx(0.02, rel=0.1) and not vit.bias.any()
+    mixer = head("mixer")
+    assert not mixer.weight.any() and not mixer.bias.any()
+    bit = head("resnetv2")
+    torch.manual_seed(0)
+    conv = timm.create_model(f"local-dir:{zoo.folders['resnetv2']}", pretrained=False, num_classes=n).get_classifier()
+    assert isinstance(conv, torch.nn.Conv2d) and isinstance(bit, torch.nn.Linear)
+    assert torch.equal(bit.weight, conv.weight.flatten(1)) and torch.equal(bit.bias, conv.bias)
+    assert bit.weight.std().item() == pytest.approx(0.01, rel=0.1) and not bit.bias.any()
+    for family in IMAGE_FAMILIES:  # every timm head is the one timm builds for num_classes, from the same seed
+        torch.manual_seed(0)
+        theirs = timm.create_model(f"local-dir:{zoo.folders[family]}", pretrained=False, num_classes=n)
+        torch.testing.assert_close(head(family).weight, theirs.get_classifier().weight.flatten(1), rtol=0, atol=0)
+
+
+def test_student_head_layers_keep_their_dropout(zoo):
+    """The paper's phi is what the head's last linear layer reads in training too: after the dropout
+    of BERT's and DistilBERT's heads (hidden_dropout_prob, seq_classif_dropout) and RoBERTa's (its
+    classifier dropout, applied before and after the dense layer); GPT-2's head has none."""
+    for family, p in (("bert", [0.1]), ("distilbert", [0.2]), ("gpt2", []), ("roberta", [0.1])):
+        model, _ = create_classifier(zoo.folders[family], 2, pretrained=False)
+        assert [m.p for m in model.body.after_pool.modules() if isinstance(m, torch.nn.Dropout)] == p, family
 
 
 # ---- image families ----------------------------------------------------------------------------
@@ -264,10 +348,12 @@ def test_bert_and_distilbert_heads_keep_their_dropout(zoo):
 def test_image_features_are_pre_logits(zoo, family):
     import timm
     cache = cached(zoo, family)
-    task = load_task("dtd", zoo.data)
+    spec = resolve_model(zoo.folders[family])
+    # save_features.py decoded the pictures at the side the model resizes them to
+    assert cache["meta"]["decoded_size"] == spec.pixels() > 32  # its 32 px input over its crop fraction
+    task = load_task("dtd", zoo.data, spec.pixels())
     full = timm.create_model(f"local-dir:{zoo.folders[family]}", pretrained=True).eval()  # with its classifier
     assert full.num_classes == 3
-    spec = resolve_model(zoo.folders[family])
     for split in ("train", "test"):
         raw = getattr(task, split).inputs
         x = spec.make_inputs(raw, task).batch(torch.arange(len(raw)))
@@ -312,8 +398,9 @@ def test_run_trains_a_family_student(zoo, kind, student, teachers, n_train, n_te
 # ---- CLIP ResNet-50 (SNLI-VE) ---------------------------------------------------------------------
 
 def test_clip_features_are_the_outer_product(tmp_path):
-    """CLIP's feature is image embedding (x) text embedding, 1024 x 1024, as the paper's CLIP model;
-    its pictures are preprocessed like open_clip's own transform (bicubic, 224, CLIP mean/std)."""
+    """CLIP's feature is image embedding (x) text embedding, 1024 x 1024, as the paper's CLIP model (kept
+    as its two factors), and its head is the paper's linear layer on that product; its pictures are
+    preprocessed like open_clip's own transform (bicubic, 224, CLIP mean/std)."""
     open_clip = pytest.importorskip("open_clip")
     from PIL import Image
     from tests.test_paper_datasets import write_snli_ve
@@ -329,8 +416,10 @@ def test_clip_features_are_the_outer_product(tmp_path):
         logits, phi = model(batch)
         image = model.body.clip.encode_image(batch["image"])
         text = model.body.clip.encode_text(open_clip.get_tokenizer("RN50")(["Two people.", "A car."]))
-    assert logits.shape == (2, 3)
-    torch.testing.assert_close(phi, (image[:, :, None] * text[:, None, :]).reshape(2, -1), **TOL)
+    outer = (image[:, :, None] * text[:, None, :]).reshape(2, -1)
+    torch.testing.assert_close(phi.flatten(), outer, **TOL)
+    weight = model.head.weight.reshape(3, -1)
+    torch.testing.assert_close(logits, outer @ weight.T + model.head.bias, **TOL)
     preprocess = open_clip.image_transform(224, is_train=False, interpolation="bicubic", resize_mode="shortest")
     picture = Image.fromarray(task.test.inputs.images[task.test.inputs.index[2]].permute(1, 2, 0).numpy())
     assert (preprocess(picture) - batch["image"][1]).abs().max() < 0.05

@@ -109,3 +109,22 @@ def test_a_local_model_folder_is_cached_inside_the_features_folder(tmp_path, mon
     train, test = torch.zeros(3, 2), torch.zeros(1, 2)
     assert make_meta(str(model_dir), "tweets", train, test)["model_path"] == str(model_dir)
     assert "model_path" not in make_meta("gpt2", "tweets", train, test)
+
+
+def test_a_sentence_model_cache_made_by_older_code_is_refused(tmp_path):
+    """MiniLM's features are its sentence-transformers embedding (mean pooling, then Normalize) and a
+    cache says so; one that says nothing (made when it was mean-pooled without Normalize) or says
+    otherwise is refused with the command that makes it again, never read as today's features."""
+    from aft.features import expected_features
+    described = expected_features("all-MiniLM-L6-v2")
+    assert described == "sentence-transformers embedding: mean pooling, normalised, at most 256 tokens"
+    assert expected_features("resnet10t") is None and expected_features("made_elsewhere") is None
+    path = feature_path(str(tmp_path), "all-MiniLM-L6-v2", "tweets")
+    write(path, model="all-MiniLM-L6-v2", dataset="tweets")
+    with pytest.raises(UserError, match="made as older code made them .*not as its sentence-transformers embedding: "
+                                        "mean pooling, normalised.*create it again with: python save_features.py "
+                                        "--model_class=all-MiniLM-L6-v2 --dataset=tweets"):
+        read_features(path, "all-MiniLM-L6-v2", "tweets")
+    train, test = torch.randn(6, 3), torch.randn(4, 3)
+    write_features(path, train, test, make_meta("all-MiniLM-L6-v2", "tweets", train, test, features=described))
+    assert torch.equal(read_features(path, "all-MiniLM-L6-v2", "tweets")["train"], train)

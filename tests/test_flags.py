@@ -41,6 +41,8 @@ BAD = [
     ("run.py", ["--beta=1"], "Unknown command line flag 'beta'. Did you mean: prec ?"),
     ("run.py", ["--stepz=3"], "Unknown command line flag 'stepz'. Did you mean: steps ?"),
     ("run.py", ["lr=0.1"], "unexpected argument 'lr=0.1': flags are written --name=value"),
+    ("run.py", ["--method=kd", "--no_augment=False"],
+     "--no_augment=False: augmentation is only for --method=init (the paper's code asserts it); drop --no_augment"),
     ("save_features.py", ["--num_workers=-1"], "--num_workers=-1 must be >= 0"),
     ("save_features.py", ["--image_size=-5"], "--image_size=-5 must be >= 0"),
     ("save_features.py", ["--precision=fp16"], "flag --precision=fp16: value should be one of <auto|bf16|fp32>"),

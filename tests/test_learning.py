@@ -121,7 +121,7 @@ def make_tiny_task():
 def tiny_task(monkeypatch):
     """make_tiny_task() registered as dataset `tiny` for the test."""
     task = make_tiny_task()
-    monkeypatch.setitem(DATASETS, "tiny", DatasetEntry("tiny", "image", lambda data_dir: task))
+    monkeypatch.setitem(DATASETS, "tiny", DatasetEntry("tiny", "image", lambda data_dir, decode_size: task))
     return task
 
 

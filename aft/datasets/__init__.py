@@ -6,12 +6,13 @@ before anything loads. Those modules import base and decode, never this package,
 imports one that imports it back.
 """
 from aft.datasets.base import (DATASETS, VAL_FRAC, VAL_SPLIT_SEED, DatasetEntry, Split, Task, check_train_rows,
-                               register_dataset, subset_suffix, train_eval_indices)
+                               register_dataset, subset_suffix, tensor_product, train_eval_indices)
 from aft.datasets import embedded, hf_text, snli_ve, torchvision_sets  # noqa: F401  (they register their sets)
+from aft.datasets.decode import decode_size as default_decode_size
 from aft.errors import UserError
 
 __all__ = ["Split", "Task", "DATASETS", "DatasetEntry", "register_dataset", "dataset_entry", "load_task",
-           "train_eval_indices", "check_train_rows", "subset_suffix", "VAL_SPLIT_SEED", "VAL_FRAC"]
+           "train_eval_indices", "check_train_rows", "subset_suffix", "tensor_product", "VAL_SPLIT_SEED", "VAL_FRAC"]
 
 
 def dataset_entry(name):
@@ -21,5 +22,7 @@ def dataset_entry(name):
     return DATASETS[name]
 
 
-def load_task(name, data_dir=None):
-    return dataset_entry(name).load(data_dir)
+def load_task(name, data_dir=None, decode_size=None):
+    """Dataset `name`; pictures of varying size are decoded to squares of side `decode_size` (None:
+    aft.datasets.decode.decode_size(), the default unless AFT_IMAGE_SIZE says otherwise)."""
+    return dataset_entry(name).load(data_dir, decode_size or default_decode_size())

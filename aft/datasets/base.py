@@ -40,6 +40,7 @@ class Task:
     truncation_side: str = "right"  # which end of a too-long text the tokenizer cuts (the paper code's, per set)
     step_multiplier: int = 1  # the paper runs 4x the steps on mnli, qqp, qnli
     class_names: list = field(default_factory=list)
+    decoded_size: int = 0  # side of the squares pictures of varying size were decoded to; 0: kept as they are
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,17 @@ class DatasetEntry:
     work (aft.models.check_modality reads only the name and the modality, of a Task or of this)."""
     name: str
     modality: str  # that of the Task `load` returns
-    load: object  # load(data_dir) -> Task
+    load: object  # load(data_dir, decode_size) -> Task; decode_size: side of the squares pictures of varying size become
 
 
 DATASETS = {}  # name -> DatasetEntry
+
+
+def tensor_product(modality):
+    """Whether the pre-trained models' features of a dataset of this modality combine as a tensor
+    product rather than side by side: on image + text pairs (SNLI-VE) an image model's features of
+    the picture (x) a text model's of the hypothesis, as the paper's code combines them."""
+    return modality == "image_text"
 
 
 def register_dataset(name, modality):

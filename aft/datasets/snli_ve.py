@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from aft.datasets.base import Split, Task, register_dataset
-from aft.datasets.decode import IMAGE_SIZE, data_root, decoded_cache, square_uint8, workers
+from aft.datasets.decode import data_root, decoded_cache, square_uint8, workers
 from aft.datasets.hf_text import hf_labels, hf_split
 from aft.inputs import ImageText
 
@@ -14,7 +14,7 @@ SNLI_VE = {"train": "Multimodal-Fatima/SNLI-VE_train", "test": "Multimodal-Fatim
 SNLI_VE_CLASSES = ["entailment", "neutral", "contradiction"]
 
 
-def _snli_ve_split(split, root):
+def _snli_ve_split(split, root, size):
     """Rows (picture, hypothesis, label) in the hub's order; each Flickr30k picture is decoded once,
     however many hypotheses it has (about 17 per picture)."""
     import datasets
@@ -35,21 +35,21 @@ def _snli_ve_split(split, root):
     def make():
         from PIL import Image
         from tqdm import tqdm
-        images = torch.empty((len(pictures), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+        images = torch.empty((len(pictures), 3, size, size), dtype=torch.uint8)
         with ThreadPoolExecutor(workers()) as pool:  # bytes read here a batch at a time, decoded in threads
-            for start in tqdm(range(0, len(pictures), 512), desc=f"decoding snli-ve {split} pictures",
+            for start in tqdm(range(0, len(pictures), 512), desc=f"decoding snli-ve {split} pictures at {size} px",
                               leave=False, mininterval=2):
                 cells = pictures[start:start + 512]["image"]
 
                 def work(j):
                     data = cells[j].get("bytes")
                     img = Image.open(io.BytesIO(data)) if data is not None else Image.open(cells[j]["path"])
-                    images[start + j] = square_uint8(img, IMAGE_SIZE)
+                    images[start + j] = square_uint8(img, size)
 
                 list(pool.map(work, range(len(cells))))
         return {"images": images}
 
-    images = decoded_cache(root, f"snli-ve-{split}-{IMAGE_SIZE}px", len(pictures), make)["images"]
+    images = decoded_cache(root, f"snli-ve-{split}-{size}px", len(pictures), make)["images"]
     keep = labels >= 0
     if not bool(keep.all()):
         index, labels = index[keep], labels[keep]
@@ -58,9 +58,9 @@ def _snli_ve_split(split, root):
 
 
 @register_dataset("snli-ve", modality="image_text")
-def snli_ve(data_dir):
+def snli_ve(data_dir, decode_size):
     """SNLI-VE, the hub copies the paper code loaded. An image model reads the pictures, a text model
     the hypotheses, CLIP both."""
     root = data_root(data_dir)
-    return Task("snli-ve", "image_text", 3, _snli_ve_split("train", root), _snli_ve_split("test", root),
-                class_names=SNLI_VE_CLASSES)
+    return Task("snli-ve", "image_text", 3, _snli_ve_split("train", root, decode_size),
+                _snli_ve_split("test", root, decode_size), class_names=SNLI_VE_CLASSES, decoded_size=decode_size)

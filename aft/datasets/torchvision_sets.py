@@ -8,8 +8,7 @@ import numpy as np
 import torch
 
 from aft.datasets.base import Split, Task, register_dataset
-from aft.datasets.decode import (IMAGE_SIZE, data_root, decode_rows, decoded_cache, offline, offline_reason,
-                                 square_uint8)
+from aft.datasets.decode import data_root, decode_rows, decoded_cache, offline, offline_reason, square_uint8
 from aft.errors import UserError, first_line
 
 # name: (torchvision class, its folder under the root, train split, test split, classes)
@@ -22,6 +21,7 @@ TORCHVISION = {
     "dtd": ("DTD", "dtd", {"split": "train"}, {"split": "test"}, 47),
     "food": ("Food101", "food-101", {"split": "train"}, {"split": "test"}, 101),
 }
+KEPT_AS_ARRAYS = ("cifar10", "cifar100")  # torchvision holds them decoded, 32 x 32: kept at that size
 
 
 def _open_torchvision(name, root, split_kwargs, **kwargs):
@@ -44,30 +44,31 @@ def _open_torchvision(name, root, split_kwargs, **kwargs):
         raise UserError(f"{fix} (the download failed: {first_line(e)})") from e
 
 
-def _torchvision_split(name, root, split_kwargs):
+def _torchvision_split(name, root, split_kwargs, size):
     cls_name = TORCHVISION[name][0]
-    if name.startswith("cifar"):  # already decoded in memory, 32 x 32: kept at that size
+    if name in KEPT_AS_ARRAYS:
         ds = _open_torchvision(name, root, split_kwargs)
         return Split(torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous(),
                      torch.as_tensor(ds.targets, dtype=torch.long)), list(ds.classes)
-    ds = _open_torchvision(name, root, split_kwargs, transform=partial(square_uint8, size=IMAGE_SIZE))
+    ds = _open_torchvision(name, root, split_kwargs, transform=partial(square_uint8, size=size))
     split_name = "-".join(str(v) for v in split_kwargs.values())
     try:
-        out = decoded_cache(root, f"{name}-{split_name}-{IMAGE_SIZE}px", len(ds),
+        out = decoded_cache(root, f"{name}-{split_name}-{size}px", len(ds),
                             lambda: dict(zip(("images", "labels"), decode_rows(
-                                len(ds), ds.__getitem__, IMAGE_SIZE, f"{name} {split_name}"))))
+                                len(ds), ds.__getitem__, size, f"{name} {split_name} at {size} px"))))
     except (OSError, ValueError) as e:  # a missing or corrupt image file
         raise UserError(f"dataset {name} (torchvision {cls_name}) in {root} is incomplete or damaged "
                         f"({first_line(e)}); download it again") from e
     return Split(out["images"], out["labels"]), list(getattr(ds, "classes", []))
 
 
-def _torchvision_task(name, data_dir):
+def _torchvision_task(name, data_dir, decode_size):
     root = data_root(data_dir)
     _, _, train_kwargs, test_kwargs, num_classes = TORCHVISION[name]
-    train, classes = _torchvision_split(name, root, train_kwargs)
-    test, _ = _torchvision_split(name, root, test_kwargs)
-    return Task(name, "image", num_classes, train, test, class_names=classes)
+    train, classes = _torchvision_split(name, root, train_kwargs, decode_size)
+    test, _ = _torchvision_split(name, root, test_kwargs, decode_size)
+    return Task(name, "image", num_classes, train, test, class_names=classes,
+                decoded_size=0 if name in KEPT_AS_ARRAYS else decode_size)
 
 
 for _name in TORCHVISION:

@@ -1,7 +1,8 @@
 """`aft_dense`: the AFT ablation with a dense learned map instead of diagonal scales: psi' = psi S,
 S (D x D) initialised N(0, 1/D), no sigmoid; R is `aft`'s kernel distance. S is learned with
 --learn_scales (the default), in the scales' parameter group (lr `prior_lr`, no weight decay), and
-stays at its random start without, as in the paper's code."""
+stays at its random start without, as in the paper's code. It has no tensor-product form (SNLI-VE):
+S would be as wide as the product squared."""
 import math
 
 import torch

@@ -1,7 +1,8 @@
 """`aft_no_kernel`: the AFT ablation that compares features instead of kernels:
 R = mean((phi_c - (psi W)_c)^2), W: D -> d learned (lr `prior_lr`, no weight decay, like AFT's
 scales, as in the paper's code), _c centred over the batch. Unlike `kd` the map goes from the
-teachers to the student: phi is pulled towards a learned linear function of psi."""
+teachers to the student: phi is pulled towards a learned linear function of psi. It has no
+tensor-product form (SNLI-VE): the paper's code refuses it there."""
 import torch.nn as nn
 
 from aft.methods.base import Regularizer, register_method

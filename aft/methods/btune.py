@@ -61,6 +61,7 @@ def read_logme(model, entries, width, teachers):
 
 @register_method("btune")
 class BTuning(Regularizer):
+    tensor_product = "split"  # each model's LogME prediction, as in the paper's code on any dataset
     def __init__(self, student_dim, teacher_dims, learn_scales=True, prior_lr=1e-2):
         super().__init__(student_dim, teacher_dims, learn_scales, prior_lr)
         self.student_dim = student_dim

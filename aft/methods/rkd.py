@@ -16,12 +16,16 @@ import torch
 import torch.nn.functional as F
 
 from aft.methods.base import Regularizer, register_method
+from aft.product import Product
 
 
 def squared_distances(x):
-    x = x.double()
-    x = x - x.mean(0, keepdim=True)  # distances are translation invariant; centring keeps digits
-    g = x @ x.T
+    if isinstance(x, Product):  # from the factors' Gram matrices (aft.product), already float64
+        g = x.gram()
+    else:
+        x = x.double()
+        x = x - x.mean(0, keepdim=True)  # distances are translation invariant; centring keeps digits
+        g = x @ x.T
     sq = g.diagonal()
     return (sq[:, None] + sq[None, :] - 2 * g).clamp(min=0)
 
@@ -42,9 +46,11 @@ def relations(x):
 
 @register_method("rkd")
 class RelationalDistillation(Regularizer):
+    tensor_product = "product"  # the batch's geometry in the joint representation, as AFT's kernels
+    product_student = True
+
     def forward(self, student_feat, teacher_feat):
         with torch.no_grad():
             t_dist, t_cos = relations(teacher_feat)
         s_dist, s_cos = relations(student_feat)
-        loss = (F.smooth_l1_loss(s_dist, t_dist) + 2 * F.smooth_l1_loss(s_cos, t_cos)) / 2
-        return loss.to(student_feat.dtype)
+        return ((F.smooth_l1_loss(s_dist, t_dist) + 2 * F.smooth_l1_loss(s_cos, t_cos)) / 2).float()

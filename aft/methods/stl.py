@@ -10,6 +10,8 @@ class StandardTransfer(Regularizer):
     takes_beta = False  # R = 0
     baseline = True
     augments = True  # the paper augments only standard transfer learning
+    tensor_product = "split"  # no teachers: nothing to combine
+    product_student = True
 
     def forward(self, student_feat, teacher_feat=None):
         return torch.zeros((), device=student_feat.device)

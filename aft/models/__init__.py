@@ -1,5 +1,8 @@
 """Models by name, for both roles: a downstream model (features phi plus a task head) and a feature
-extractor (features psi). A model's features are always the input of its classification head.
+extractor (features psi). As in the paper's code, a downstream model is the architecture its library
+builds for the task's classes, its head the last linear layer of that classifier and phi that layer's
+input; psi is the input of the whole classifier (the two differ where the classifier has more layers:
+RoBERTa's and T5's dense + tanh). A sentence-transformers model's features are its sentence embedding.
 
 One module a family: `hf` (Hugging Face text models), `tiny_bert`, `timm_models`, `efficientnet_lite`
 and `clip`, all built on `base`. Every resolved model knows how its inputs are preprocessed (a
@@ -40,7 +43,7 @@ __all__ = ["ALIASES", "Classifier", "EMBEDDED", "HF_PREFIXES", "NAME_RULES", "PA
            "check_modality", "create_classifier", "load_tokenizer", "minilm_path", "resolve_model"]
 
 EMBEDDED = {
-    "all-MiniLM-L6-v2": lambda name: hf_spec(name, minilm_path(), pooling="mean"),
+    "all-MiniLM-L6-v2": lambda name: hf_spec(name, minilm_path()),
     "tiny_bert": tiny_bert_spec,
     "efficientnet_lite2": efficientnet_lite2_spec,
     "CLIP": clip_spec,
@@ -114,7 +117,8 @@ def resolve_model(name):
 
 
 def create_classifier(name, num_classes, pretrained):
-    """The downstream model `name` with a fresh head of `num_classes` (pretrained: every other layer)."""
+    """The downstream model `name`, built for `num_classes` as its library builds it; its head is the
+    last linear layer of the architecture's classifier (pretrained: every other layer is loaded)."""
     spec = resolve_model(name)
-    body, dim = spec.build(pretrained)
-    return Classifier(body, dim, num_classes), spec
+    body, head = spec.build(pretrained, num_classes=num_classes)
+    return Classifier(body, head), spec

@@ -6,18 +6,45 @@ from typing import Callable
 import torch.nn as nn
 
 from aft.errors import UserError
+from aft.product import ProductLinear
 
 
 @dataclass
 class ModelSpec:
     name: str
     modality: str  # "text", "image", or "image_text" (a two-tower model: CLIP)
-    # build(pretrained: bool, dtype=None) -> (body: nn.Module mapping a batch to (B, d) features, d).
+    # build(pretrained: bool, dtype=None, num_classes=0) -> (body, d) for a feature extractor, body being
+    # an nn.Module mapping a batch to (B, d) features; with num_classes > 0, (body, head) of a downstream
+    # model: the architecture built for that many classes, as its library builds it, split at the last
+    # linear layer of its classifier (head, an nn.Linear), body giving that layer's input (phi).
     # `dtype` (e.g. torch.bfloat16) loads the weights in that precision: large extractors on CUDA.
     build: Callable
     make_inputs: Callable  # make_inputs(split_inputs, task, image_size) -> TextInputs | ImageInputs | PairInputs
     # build also takes device_map="auto": the model spread over the GPUs by accelerate (Hugging Face models)
     takes_device_map: bool = False
+    # image_preprocess(image_size) -> dict(size, mean, std, crop_pct, interpolation): the eval transform of
+    # a model that reads pictures, at input size `image_size` (None: its own); None for a text model
+    image_preprocess: Callable = None
+    downstream_only: str = ""  # why the model cannot be a pre-trained model, when it cannot (CLIP)
+    # describe_features() -> what the model's features are, in words, where earlier versions of this tool
+    # computed them otherwise (sentence-transformers models, once pooled by their family's head): a cache
+    # records it and is refused when it records another, or none (aft.features.read_features)
+    describe_features: Callable = None
+
+    @property
+    def product_factors(self):
+        """The modalities of the factors of this model's features when they are a tensor product kept
+        factored (CLIP's image (x) text), in order; None for a model with plain features."""
+        return ["image", "text"] if self.modality == "image_text" else None
+
+    def pixels(self, image_size=None):
+        """The side this model's eval transform resizes pictures to (input size / crop fraction), the
+        size to decode pictures at for it; None for a model that reads no pictures."""
+        if self.image_preprocess is None:
+            return None
+        from aft.inputs import resized_side
+        p = self.image_preprocess(image_size)
+        return resized_side(p["size"], p["crop_pct"])
 
     def accepts(self, task_modality):
         """A single-modality model also reads its part of an image + text task (SNLI-VE's pictures or
@@ -31,12 +58,17 @@ def check_modality(spec, task):
 
 
 class Classifier(nn.Module):
-    """A downstream model: forward(inputs) -> (logits, phi), phi being the head's input."""
+    """A downstream model: forward(inputs) -> (logits, phi), phi being the input of `head`, the last
+    linear layer of the architecture's classifier (for CLIP, a layer linear in its product phi)."""
 
-    def __init__(self, body, feature_dim, num_classes):
+    def __init__(self, body, head):
         super().__init__()
-        self.body = body
-        self.head = nn.Linear(feature_dim, num_classes)
+        self.body, self.head = body, head
+
+    @property
+    def phi_dims(self):
+        """The width of phi, or the widths of its factors when phi is a product (aft.product)."""
+        return self.head.dims if isinstance(self.head, ProductLinear) else self.head.in_features
 
     def forward(self, inputs):
         phi = self.body(inputs)
@@ -72,7 +104,8 @@ def uncached_hub_file(repo, filename):
 
 def image_inputs(raw, size, mean, std, **preprocess):
     """The pictures of `raw` (an image task's, or those of an image + text task), decoded once, for a
-    model that takes `size` pixels normalised by `mean` and `std` (`preprocess`: crop and interpolation)."""
+    model that takes `size` pixels normalised by `mean` and `std` (`preprocess`: crop and interpolation:
+    a ModelSpec's image_preprocess)."""
     from aft.inputs import ImageInputs, image_part
     images, index = image_part(raw)
     return ImageInputs(images, size, mean, std, index=index, **preprocess)

@@ -1,13 +1,17 @@
 """`CLIP`: the paper's CLIP ResNet-50 for SNLI-VE, through open_clip (pip install open-clip-torch):
 timm has only its image tower (resnet50_clip.openai) and transformers no CLIP ResNet at all, while
 open_clip holds both towers and OpenAI's weights. Its feature is the outer product of its image and
-text embeddings (1024 x 1024), as in the paper's code."""
+text embeddings (1024 x 1024), as in the paper's code, kept as its two factors (aft.product): its head
+is linear in the product, and the methods read the product from the factors, so the 1,048,576-wide
+rows are never written out. For the same reason it is a downstream model only: as a pre-trained
+model its features would be far too large to cache."""
 import torch
 import torch.nn as nn
 
 from aft.errors import UserError, first_line
 from aft.models.base import ModelSpec, offline_error, uncached_hub_file
 from aft.models.hub import check_hub
+from aft.product import Product, ProductLinear
 
 CLIP_ARCH = "RN50"  # OpenAI's CLIP ResNet-50, the paper's `CLIP` (its code: clip.load("RN50"))
 CLIP_DIM = 1024  # width of its image and of its text embedding
@@ -15,16 +19,15 @@ CLIP_DIM = 1024  # width of its image and of its text embedding
 
 class CLIPPairFeatures(nn.Module):
     """The paper's CLIP model for SNLI-VE: its feature is the outer product of the image embedding
-    and the text embedding of the hypothesis, flattened: 1024 x 1024 = 1,048,576 numbers."""
+    and the text embedding of the hypothesis, 1024 x 1024 = 1,048,576 numbers, as an aft.product.Product
+    of the two embeddings."""
 
     def __init__(self, clip):
         super().__init__()
         self.clip = clip
 
     def forward(self, x):
-        image = self.clip.encode_image(x["image"])
-        text = self.clip.encode_text(x["text"])
-        return torch.einsum("bi,bj->bij", image, text).reshape(image.shape[0], -1)
+        return Product([self.clip.encode_image(x["image"]), self.clip.encode_text(x["text"])])
 
 
 def _import_open_clip(name):
@@ -39,7 +42,13 @@ def _import_open_clip(name):
 def clip_spec(name):
     """CLIP ResNet-50 with both towers and OpenAI's weights; its inputs are image + text pairs."""
 
-    def build(pretrained, dtype=None):
+    downstream_only = (f"{name} can only be the downstream model (--model_class={name}): its feature is a "
+                       f"{CLIP_DIM * CLIP_DIM:,}-wide outer product, far too large to cache as a pre-trained model's; "
+                       f"give an image model and a text model as --pretrained_models instead")
+
+    def build(pretrained, dtype=None, num_classes=0):
+        if not num_classes:
+            raise UserError(downstream_only)
         open_clip = _import_open_clip(name)
         if pretrained:
             check_hub()
@@ -57,7 +66,13 @@ def clip_spec(name):
             model = open_clip.create_model(CLIP_ARCH, force_quick_gelu=True)
         if dtype is not None:
             model = model.to(dtype)
-        return CLIPPairFeatures(model), CLIP_DIM * CLIP_DIM
+        # The paper's CLIP classifier: one linear layer on the outer product, initialised as nn.Linear.
+        return CLIPPairFeatures(model), ProductLinear([CLIP_DIM, CLIP_DIM], num_classes)
+
+    def preprocess(image_size=None):
+        open_clip = _import_open_clip(name)
+        return dict(size=image_size or 224, mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD,
+                    crop_pct=1.0, interpolation="bicubic")
 
     def make_inputs(raw, task, image_size=None):
         from aft.inputs import ImageInputs, ImageText, PairInputs
@@ -65,8 +80,7 @@ def clip_spec(name):
             raise UserError(f"model {name} takes image + text pairs (snli-ve), not dataset {task.name}")
         open_clip = _import_open_clip(name)
         ids = open_clip.get_tokenizer(CLIP_ARCH)(raw.texts).to(torch.int32)  # (N, 77), truncated like CLIP
-        images = ImageInputs(raw.images, image_size or 224, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD,
-                             crop_pct=1.0, interpolation="bicubic", index=raw.index)
-        return PairInputs(images, ids)
+        return PairInputs(ImageInputs(raw.images, **preprocess(image_size), index=raw.index), ids)
 
-    return ModelSpec(name, "image_text", build, make_inputs)
+    return ModelSpec(name, "image_text", build, make_inputs, image_preprocess=preprocess,
+                     downstream_only=downstream_only)

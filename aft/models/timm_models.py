@@ -3,6 +3,7 @@ timm. Preprocessing follows each model's own data config (timm's eval transform)
 import json
 import os
 
+import torch
 import torch.nn as nn
 
 from aft.errors import UserError, first_line
@@ -13,8 +14,9 @@ TIMM_SOURCES = ("hf-hub:", "local-dir:")  # prefixes timm.create_model reads its
 
 
 class TimmFeatures(nn.Module):
-    """A timm model built without a classifier (num_classes=0): its output is the pre-logits feature,
-    model.forward_head(model.forward_features(x), pre_logits=True) of the full model."""
+    """A timm model without its classifier (built with num_classes=0, or reset_classifier(0)): its
+    output is the pre-logits feature, model.forward_head(model.forward_features(x), pre_logits=True)
+    of the full model."""
 
     def __init__(self, model):
         super().__init__()
@@ -70,6 +72,21 @@ def _uncached_weights(create_name):
     return uncached_hub_file(repo.split("@")[0], filename)
 
 
+def as_linear(classifier, name):
+    """A timm classifier as one nn.Linear: itself, or the equivalent of a 1x1 Conv2d (ResNetV2 / BiT)."""
+    if isinstance(classifier, nn.Linear):
+        return classifier
+    if isinstance(classifier, nn.Conv2d) and classifier.kernel_size == (1, 1) and classifier.groups == 1:
+        linear = nn.Linear(classifier.in_channels, classifier.out_channels, bias=classifier.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(classifier.weight.flatten(1))
+            if classifier.bias is not None:
+                linear.bias.copy_(classifier.bias)
+        return linear
+    raise UserError(f"timm model {name!r} has a classifier of type {type(classifier).__name__}, not one linear "
+                    f"layer, so it cannot be a downstream model here; pick another architecture")
+
+
 def timm_spec(name, create_name=None):
     """A timm model; `create_name` is what timm.create_model takes (`local-dir:` + a folder), if not `name`."""
     import timm
@@ -80,14 +97,16 @@ def timm_spec(name, create_name=None):
         return offline_error(f"timm weights for {name!r}", reason, elsewhere=" or the torch hub cache (TORCH_HOME), "
                              "or pass a folder saved by timm as the model name")
 
-    def build(pretrained, dtype=None):
+    def build(pretrained, dtype=None, num_classes=0):
         if pretrained:
             check_hub(create_name.removeprefix("local-dir:"))
             absent = _uncached_weights(create_name)
             if absent:
                 raise missing(f"{absent} is not in the cache")
         try:
-            model = timm.create_model(create_name, pretrained=pretrained, num_classes=0)
+            # As the paper's code: the classifier timm builds (and initialises) for num_classes; timm loads a
+            # checkpoint's own only when it has that many classes.
+            model = timm.create_model(create_name, pretrained=pretrained, num_classes=num_classes)
         except Exception as e:  # hub errors come in many types; all mean the weights are not here
             if not pretrained:
                 raise UserError(f"cannot build timm model {name!r} ({first_line(e)})") from e
@@ -95,13 +114,20 @@ def timm_spec(name, create_name=None):
         resolved.update(timm.data.resolve_model_data_config(model))
         if dtype is not None:
             model = model.to(dtype)
-        return TimmFeatures(model), getattr(model, "head_hidden_size", None) or model.num_features
+        if not num_classes:
+            return TimmFeatures(model), getattr(model, "head_hidden_size", None) or model.num_features
+        head = as_linear(model.get_classifier(), name)
+        model.reset_classifier(0)
+        return TimmFeatures(model), head
+
+    def preprocess(image_size=None):
+        cfg = resolved or _pretrained_cfg(create_name)
+        return dict(size=image_size or (cfg.get("input_size") or (3, 224, 224))[-1],
+                    mean=cfg.get("mean") or timm.data.IMAGENET_DEFAULT_MEAN,
+                    std=cfg.get("std") or timm.data.IMAGENET_DEFAULT_STD, crop_pct=cfg.get("crop_pct") or 1.0,
+                    interpolation=cfg.get("interpolation") or "bicubic")
 
     def make_inputs(raw, task, image_size=None):
-        cfg = resolved or _pretrained_cfg(create_name)
-        size = image_size or (cfg.get("input_size") or (3, 224, 224))[-1]
-        return image_inputs(raw, size, cfg.get("mean") or timm.data.IMAGENET_DEFAULT_MEAN,
-                            cfg.get("std") or timm.data.IMAGENET_DEFAULT_STD, crop_pct=cfg.get("crop_pct") or 1.0,
-                            interpolation=cfg.get("interpolation") or "bicubic")
+        return image_inputs(raw, **preprocess(image_size))
 
-    return ModelSpec(name, "image", build, make_inputs)
+    return ModelSpec(name, "image", build, make_inputs, image_preprocess=preprocess)
