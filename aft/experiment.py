@@ -12,9 +12,9 @@ from aft.distributed import SINGLE
 from aft.errors import UserError, first_line
 from aft.loop import AFRESH, fit, read_checkpoint
 from aft.methods import get_method
+from aft.models import resolve_model
 from aft.probe import ProbeTrainer
 from aft.runtime import resolve_device, resolve_precision, seed_everything, speed_settings
-from aft.models import resolve_model
 from aft.teachers import load_teachers, uncached_teachers
 from aft.train import Trainer
 
