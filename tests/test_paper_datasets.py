@@ -390,3 +390,44 @@ def test_snli_ve_feeds_image_text_and_pair_models(tmp_path):
     ids = text.make_inputs(task.train.inputs, task)
     assert len(ids) == 5 and ids.lengths[0] == len(text.make_inputs(["A dog runs."], task).ids[0])
     assert not resolve_model("tiny_bert").accepts("image") and not image.accepts("text")
+
+
+# ---- the decode size: the largest side a model of the run resizes pictures to ---------------------------
+
+def test_pictures_are_decoded_at_the_side_the_runs_largest_model_needs(monkeypatch):
+    """A run's pictures are decoded at the largest input size / crop fraction among the models that
+    read them now: the downstream model and the pre-trained models whose caches are missing (a cached
+    one reads nothing); AFT_IMAGE_SIZE overrides it; a run that reads no pictures gets the default."""
+    from aft.config import Config
+    from aft.datasets.decode import DEFAULT_DECODE_SIZE
+    from aft.experiment import pictures_side
+    from aft.methods import get_method
+    monkeypatch.delenv("AFT_IMAGE_SIZE", raising=False)
+
+    def side(method="aft", **kw):
+        return pictures_side(Config(dataset="flowers", features_dir="/nonexistent", **kw), get_method(method))
+
+    vit_s, dinov2_g = "vit_small_patch16_224.augreg_in1k", "vit_giant_patch14_dinov2.lvd142m"
+    assert side(model_class=vit_s, pretrained_models="", method="init") == 248  # 224 / 0.9
+    assert side(model_class=vit_s, pretrained_models=dinov2_g) == 518  # DINOv2's 518 at crop 1.0
+    assert side(model_class=vit_s, image_size=112, pretrained_models="", method="init") == 124
+    assert side(method="linear_probe", pretrained_models=dinov2_g, teacher_image_size=224) == 224
+    assert side(model_class="tiny_bert", pretrained_models="all-MiniLM-L6-v2") == DEFAULT_DECODE_SIZE
+    monkeypatch.setenv("AFT_IMAGE_SIZE", "300")
+    assert side(model_class=vit_s, pretrained_models=dinov2_g) == 300
+    monkeypatch.setenv("AFT_IMAGE_SIZE", "big")
+    with pytest.raises(UserError, match="AFT_IMAGE_SIZE=big must be a whole number of pixels > 0"):
+        side(model_class=vit_s, pretrained_models=dinov2_g)
+
+
+def test_each_decode_size_has_its_own_decoded_file(tmp_path, monkeypatch):
+    """Decoded at 48 px, then at 64: two files, squares of each size, the 48-px one reused as it is."""
+    monkeypatch.delenv("AFT_IMAGE_SIZE", raising=False)
+    write_dtd(str(tmp_path))
+    small = load_task("dtd", str(tmp_path), 48)
+    large = load_task("dtd", str(tmp_path), 64)
+    assert small.train.inputs.shape[-2:] == (48, 48) and large.train.inputs.shape[-2:] == (64, 64)
+    assert (small.decoded_size, large.decoded_size) == (48, 64)
+    assert sorted(os.listdir(tmp_path / "aft-decoded")) == ["dtd-test-48px.pt", "dtd-test-64px.pt",
+                                                            "dtd-train-48px.pt", "dtd-train-64px.pt"]
+    assert torch.equal(load_task("dtd", str(tmp_path), 48).train.inputs, small.train.inputs)
