@@ -94,13 +94,14 @@ def save():
     device = world.device(resolve_device(FLAGS.device))
     use_cores(FLAGS.num_workers)
     spec = resolve_model(FLAGS.model_class)
-    task = load_task(FLAGS.dataset, FLAGS.data_dir or None, decode_size([spec.pixels(FLAGS.image_size or None)]))
-    if FLAGS.debug:
-        return debug(task)
     canonical = feature_path(FLAGS.features_dir, FLAGS.model_class, FLAGS.dataset)
     path = FLAGS.save_path or canonical
     distributed.start(world, device)
     try:
+        with world.main_first():  # rank 0 decodes the pictures once; the others read its decoded file
+            task = load_task(FLAGS.dataset, FLAGS.data_dir or None, decode_size([spec.pixels(FLAGS.image_size or None)]))
+        if FLAGS.debug:
+            return debug(task)
         cache = extract(task, path, world, device)
     finally:
         distributed.stop(world)

@@ -37,9 +37,16 @@ class World:
         bounds = [n * r // self.size for r in range(self.size + 1)]
         return slice(bounds[self.rank], bounds[self.rank + 1])
 
+    def data_parallel(self, module, device):
+        """`module` wrapped in DistributedDataParallel (its gradients averaged over the ranks) when there
+        are several ranks; itself otherwise."""
+        if self.size == 1:
+            return module
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+
     @contextmanager
     def main_first(self):
-        """Rank 0 runs the block first (and writes what it makes: a feature cache, ft's autoencoder);
+        """Rank 0 runs the block first (and writes what it makes: the decoded pictures, ft's autoencoder);
         the others run it after, and find those files made."""
         if not self.is_main:
             self.barrier()
@@ -59,6 +66,12 @@ class World:
             torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.MIN)
         return x
 
+    def max(self, x):
+        """x's largest value over the ranks (in place; returned)."""
+        if self.size > 1:
+            torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.MAX)
+        return x
+
     def gather_objects(self, obj):
         """Every rank's `obj` (a picklable value), in rank order, on every rank."""
         if self.size == 1:
@@ -75,7 +88,9 @@ class World:
 
     def average_gradients(self, params):
         """Average the gradients of `params` over the ranks, in one flat buffer (the parameters that
-        DistributedDataParallel does not hold: a method's own)."""
+        DistributedDataParallel does not hold: a method's own). Their gradients come from the same R on
+        every rank, so this changes nothing where kernels are deterministic; it keeps the ranks' copies
+        equal where they are not (some CUDA kernels)."""
         grads = [p.grad for p in params if p.grad is not None]
         if self.size == 1 or not grads:
             return

@@ -10,7 +10,7 @@ from aft.datasets import check_train_rows, load_task, train_eval_indices
 from aft.datasets.decode import decode_size
 from aft.distributed import SINGLE
 from aft.errors import UserError, first_line
-from aft.loop import AFRESH, fit, read_checkpoint
+from aft.loop import AFRESH, batch_rows, fit, read_checkpoint
 from aft.methods import get_method
 from aft.models import resolve_model
 from aft.probe import ProbeTrainer
@@ -38,15 +38,27 @@ def run(cfg, world=SINGLE):
     seed_everything(cfg.seed)
     started = time.time()
 
-    task = load_task(cfg.dataset, cfg.data_dir or None, world.gather_objects(pictures_side(cfg, method))[0])
+    side = world.gather_objects(pictures_side(cfg, method))[0]
+    with world.main_first():  # rank 0 decodes the pictures once; the others read its decoded file
+        task = load_task(cfg.dataset, cfg.data_dir or None, side)
     train_idx, val_idx = train_eval_indices(len(task.train), cfg.train_frac, cfg.use_val)
     check_train_rows(task.name, len(task.train), len(train_idx), cfg.train_frac, cfg.use_val)
+    check_batch_shares(batch_rows(cfg.batch_size, len(train_idx)), world)
     eval_split = task.train.subset(val_idx) if cfg.use_val else task.test
     teachers = load_teachers(cfg, task, train_idx, val_idx, device, keep_eval=not method.trains_student,
                              world=world) if method.uses_teacher else None
     trainer_cls = Trainer if method.trains_student else ProbeTrainer
     trainer = trainer_cls(cfg, task, train_idx, eval_split, teachers, device, precision, world)
     return fit(trainer, cfg, run_name, started)
+
+
+def check_batch_shares(batch, world):
+    """A global batch smaller than --batch_size (all of a small train set) must still divide evenly
+    among the processes: each computes an equal share of every batch."""
+    if batch % world.size:
+        raise UserError(f"the global batch is all {batch} train rows (fewer than --batch_size) and must divide "
+                        f"evenly among the {world.size} processes; change --train_frac, or run on a number of "
+                        f"processes that divides {batch}")
 
 
 def pictures_side(cfg, method):

@@ -207,8 +207,9 @@ def extract_to_cache(model_name, task, path, batch_size, device, precision="auto
     meta = make_meta(model_name, task.name, feats["train"], feats["test"], precision=precision, device=device.type,
                      modality=spec.modality, image_size=image_size or 0, decoded_size=task.decoded_size,
                      world_size=world.size, seconds=round(time.time() - start, 1))
-    if spec.describe_features and spec.describe_features():
-        meta["features"] = spec.describe_features()
+    described = spec.describe_features() if spec.describe_features else None
+    if described:
+        meta["features"] = described
     write_features(path, feats["train"], feats["test"], meta)
     shutil.rmtree(folder)
     return {"train": feats["train"], "test": feats["test"], "meta": meta}

@@ -57,12 +57,17 @@ def cosine_schedule(optimizer, steps):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
 
 
+def batch_rows(batch_size, n):
+    """The rows of one global batch: --batch_size, or all n train rows when there are fewer."""
+    return min(batch_size, n)
+
+
 def epoch_batches(n, batch_size, seed, epoch):
     """The batches of one epoch: a fresh shuffle per epoch, derived from (seed, epoch) so a resumed
     run sees exactly the batches the uninterrupted run would have."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(n, generator=g)
-    size = min(batch_size, n)
+    size = batch_rows(batch_size, n)
     return list(perm[: n - n % size].split(size))  # equal-size batches: no ragged last step
 
 
@@ -77,7 +82,7 @@ def fit(trainer, cfg, run_name, started):
 
     wandb_run = start_wandb(cfg, run_name) if cfg.use_wandb and world.is_main else None
     n_train = trainer.n_train
-    batches_per_epoch = max(1, n_train // min(cfg.batch_size, n_train))
+    batches_per_epoch = max(1, n_train // batch_rows(cfg.batch_size, n_train))
     sums = torch.zeros(3, device=device)  # running loss, ce, reg since the last evaluation
     first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first step with a non-finite loss
     since = step

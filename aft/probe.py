@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from aft.distributed import SINGLE
-from aft.loop import cosine_schedule, make_optimizer
+from aft.loop import batch_rows, cosine_schedule, make_optimizer
 from aft.methods import get_method
 from aft.product import join_features
 
@@ -25,9 +25,8 @@ class ProbeTrainer:
         self.n_train, self.n_eval = len(self.y_train), len(self.y_eval)
         self.decoded_size = task.decoded_size
         self.model = method_cls(teachers.dims, task.num_classes, product=product).to(device)
-        self.forward = self.model if world.size == 1 else torch.nn.parallel.DistributedDataParallel(
-            self.model, device_ids=[device] if device.type == "cuda" else None)
-        self.share = world.shard(cfg.batch_size)
+        self.forward = world.data_parallel(self.model, device)
+        self.share = world.shard(batch_rows(cfg.batch_size, self.n_train))
         self.steps = cfg.steps * task.step_multiplier  # 4 on mnli, qqp, qnli (the paper's), as a student's
         self.optimizer = make_optimizer([{"params": list(self.model.parameters())}], cfg, device)
         self.scheduler = cosine_schedule(self.optimizer, self.steps)

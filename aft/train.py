@@ -11,12 +11,14 @@ computes the same R; the gathered rows send each process the sum of the processe
 of its own rows, which DDP's average turns back into R's gradient, and the method's own weights
 (AFT's scales, kd's map) get the average of equal gradients. So N processes compute what one does.
 """
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 
 from aft.distributed import SINGLE
 from aft.inputs import warn_upscale
-from aft.loop import cosine_schedule, make_optimizer
+from aft.loop import batch_rows, cosine_schedule, make_optimizer
 from aft.methods import get_method
 from aft.models import check_modality, create_classifier
 from aft.product import each_factor, join_features
@@ -70,20 +72,19 @@ class Trainer:
         self.n_train, self.n_eval = len(self.train_labels), len(self.eval_labels)
         self.decoded_size = task.decoded_size
         self.augment = method_cls.augments and not cfg.no_augment and task.modality == "image"
-        self.share = world.shard(cfg.batch_size)  # this process's rows of every global batch
+        self.share = world.shard(batch_rows(cfg.batch_size, self.n_train))  # this process's rows of every global batch
+        self.gathers = method_cls.takes_beta  # only a regulariser reads the global batch's phi
 
         self.steps = cfg.steps * task.step_multiplier  # 4 on mnli, qqp, qnli (the paper's)
         groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}] + self.method.param_groups()
         self.optimizer = make_optimizer(groups, cfg, device)
         self.scheduler = cosine_schedule(self.optimizer, self.steps)
         self.method_params = [p for p in self.method.parameters() if p.requires_grad]
-        forward = self.model
-        if world.size > 1:
-            forward = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device] if device.type == "cuda" else None)
+        forward = world.data_parallel(self.model, device)
         self.forward = torch.compile(forward) if cfg.compile else forward
         self.model.train()
-        with world.main_first():  # rank 0 writes what the method caches (ft's autoencoders); the others read it
+        # rank 0 first where the method writes a file that all read (ft's autoencoders); else all at once
+        with world.main_first() if method_cls.writes_files else nullcontext():
             self.method.start(Student(cfg.model_class, bool(cfg.init_model), self.train_features), self.train_labels,
                               teachers)
         if world.size > 1:  # the model starts alike everywhere; dropout and augmentation draw apart
@@ -99,7 +100,8 @@ class Trainer:
         with autocast(self.device, self.precision):
             logits, phi = self.forward(self.train_inputs.batch(rows, width, self.augment))
         ce = F.cross_entropy(logits.float(), self.train_labels[rows])
-        phi = each_factor(lambda f: self.world.gather_rows(f.float()), phi)  # the global batch's phi
+        if self.gathers:
+            phi = each_factor(lambda f: self.world.gather_rows(f.float()), phi)  # the global batch's phi
         reg = self.method(phi, self.psi[idx] if self.psi is not None else None)
         loss = ce + self.cfg.prec * reg
         self.optimizer.zero_grad(set_to_none=True)

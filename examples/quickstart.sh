@@ -14,7 +14,7 @@ if [ "$METHODS" = all ]; then
     METHODS="init kd aft rkd ft btune aft_rbf aft_dense aft_no_kernel linear_probe"
 fi
 # Betas: each method's best on the demo's validation split (seed 0, README); override as below.
-AFT_PREC=${AFT_PREC:-10}                      # of 1, 3, 10, 30
+AFT_PREC=${AFT_PREC:-3}                       # of 1, 3, 10, 30
 KD_PREC=${KD_PREC:-10}                        # of 1, 10, 30
 RKD_PREC=${RKD_PREC:-30}                      # of 1, 10, 30, 100
 FT_PREC=${FT_PREC:-30}                        # of 1, 10, 30, 100

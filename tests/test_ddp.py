@@ -87,3 +87,20 @@ def test_a_global_batch_must_divide_among_the_processes(work):
     assert out.returncode != 0
     assert "error: --batch_size=15 is the batch of all 2 processes together and must divide evenly among them; " \
            "use a multiple of 2" in out.stderr
+
+
+def test_a_train_set_smaller_than_the_batch_is_shared_out_as_one_global_batch(work):
+    """16 train rows under --batch_size=32: every step's global batch is those 16 rows, 8 on each process."""
+    small = ["--method=aft", "--batch_size=32", "--train_frac=0.011"]
+    one = launch(work, *small, "--run_name=small_one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = launch(work, *small, "--run_name=small_two", nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = results(work, "small_one"), results(work, "small_two")
+    assert a["n_train"] == b["n_train"] == 16
+    torch.testing.assert_close(torch.tensor([e["loss"] for e in b["evals"]], dtype=torch.float64),
+                               torch.tensor([e["loss"] for e in a["evals"]], dtype=torch.float64), rtol=1e-5, atol=1e-6)
+    odd = launch(work, "--method=aft", "--batch_size=32", "--train_frac=0.01", "--run_name=small_odd", nproc=2)
+    assert odd.returncode != 0 and not (work / "results" / "small_odd.json").exists()
+    assert "error: the global batch is all 15 train rows (fewer than --batch_size) and must divide evenly among " \
+           "the 2 processes; change --train_frac, or run on a number of processes that divides 15" in odd.stderr

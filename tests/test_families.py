@@ -423,6 +423,17 @@ def test_clip_features_are_the_outer_product(tmp_path):
     preprocess = open_clip.image_transform(224, is_train=False, interpolation="bicubic", resize_mode="shortest")
     picture = Image.fromarray(task.test.inputs.images[task.test.inputs.index[2]].permute(1, 2, 0).numpy())
     assert (preprocess(picture) - batch["image"][1]).abs().max() < 0.05
+    assert_every_trained_parameter_gets_a_gradient(model.train(), batch)
+
+
+def assert_every_trained_parameter_gets_a_gradient(model, batch):
+    """Data-parallel training (DistributedDataParallel) stops at the second step on a trained parameter
+    that the loss never reaches, so a downstream model has none (CLIP's logit scale, a pooler that a
+    sentence-transformers embedding does not use)."""
+    logits, _ = model(batch)
+    logits.sum().backward()
+    unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, unused
 
 
 

@@ -21,7 +21,7 @@ from aft.errors import UserError
 from aft.extract import extract_to_cache
 from aft.models import create_classifier, minilm_path, resolve_model
 from tests.conftest import ROOT
-from tests.test_families import TOL, env, write_sst2
+from tests.test_families import TOL, assert_every_trained_parameter_gets_a_gradient, env, write_sst2
 
 WIDTH = 32  # the tiny BERT's hidden size
 LEGACY_KEYS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
@@ -156,6 +156,7 @@ def test_a_student_keeps_the_sentence_embedding(bert, data, tmp_path):
     with torch.no_grad():
         _, phi = model.eval()(inputs.batch(idx, inputs.widths([idx])[0]))
     torch.testing.assert_close(phi, encode(folder, task.test.inputs), **TOL)
+    assert_every_trained_parameter_gets_a_gradient(model.train(), inputs.batch(idx, inputs.widths([idx])[0]))
 
 
 def test_unsupported_modules_are_one_line(bert, tmp_path):

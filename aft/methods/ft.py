@@ -89,6 +89,8 @@ def autoencoder_key(x, model, teachers, factor_dim):
 @register_method("ft")
 class FactorTransfer(Regularizer):
     tensor_product = "split"  # each model's own autoencoder, as on any dataset
+    writes_files = True  # the autoencoders, trained once and cached beside the features
+
     def __init__(self, student_dim, teacher_dims, learn_scales=True, prior_lr=1e-2):
         super().__init__(student_dim, teacher_dims, learn_scales, prior_lr)
         self.factor_dims = [max(1, dim // 2) for dim in teacher_dims]  # the paper's paraphraser rate k = 0.5

@@ -16,7 +16,8 @@ class ModelSpec:
     # build(pretrained: bool, dtype=None, num_classes=0) -> (body, d) for a feature extractor, body being
     # an nn.Module mapping a batch to (B, d) features; with num_classes > 0, (body, head) of a downstream
     # model: the architecture built for that many classes, as its library builds it, split at the last
-    # linear layer of its classifier (head, an nn.Linear), body giving that layer's input (phi).
+    # linear layer of its classifier (head: an nn.Linear; CLIP's, linear in a product, an
+    # aft.product.ProductLinear), body giving that layer's input (phi).
     # `dtype` (e.g. torch.bfloat16) loads the weights in that precision: large extractors on CUDA.
     build: Callable
     make_inputs: Callable  # make_inputs(split_inputs, task, image_size) -> TextInputs | ImageInputs | PairInputs

@@ -66,6 +66,9 @@ def clip_spec(name):
             model = open_clip.create_model(CLIP_ARCH, force_quick_gelu=True)
         if dtype is not None:
             model = model.to(dtype)
+        # The pair features never use CLIP's logit scale: frozen, since data-parallel training needs a
+        # gradient for every trained parameter.
+        model.logit_scale.requires_grad_(False)
         # The paper's CLIP classifier: one linear layer on the outer product, initialised as nn.Linear.
         return CLIPPairFeatures(model), ProductLinear([CLIP_DIM, CLIP_DIM], num_classes)
 

@@ -214,7 +214,7 @@ def _pooling_for(config):
         return "t5_eos"
     if kind in DECODER_ONLY or getattr(config, "is_decoder", False):
         return "last"
-    return "first"  # RoBERTa, XLM-R, DistilBERT, ...: the <s> / [CLS] token
+    return "first"  # RoBERTa, XLM-R, ...: the <s> / [CLS] token
 
 
 def _split_classifier(full):
@@ -258,6 +258,8 @@ def text_model(config, make, num_classes=0, sentence=None):
         # Also a downstream model's phi: the sentence embedding, under a new head (such a model has no
         # classifier of its own).
         model = make(transformers.AutoModel, config)
+        if getattr(model, "pooler", None) is not None:  # encode never uses it (nor must a data-parallel student)
+            model.pooler = None
         body = HFFeatures(model, sentence.pooling, Normalize() if sentence.normalize else None)
         width *= len(sentence.pooling)
     elif config.model_type == "distilbert":  # its pre_classifier lives in the task model
