@@ -24,9 +24,7 @@ def run(cfg, world=SINGLE):
     --skip_done, that of the identical run already done, if there is one). `world`: this process
     among those torchrun started, its process group already joined (aft.distributed.start)."""
     check_config(cfg)
-    if cfg.batch_size % world.size:
-        raise UserError(f"--batch_size={cfg.batch_size} is the batch of all {world.size} processes together and "
-                        f"must divide evenly among them; use a multiple of {world.size}")
+    check_batch_shares(cfg.batch_size, cfg, world)  # before any work; again below once the train rows are known
     run_name = cfg.run_name or default_run_name(cfg)
     done = earlier_run(cfg, run_name)
     if done is not None:
@@ -43,7 +41,7 @@ def run(cfg, world=SINGLE):
         task = load_task(cfg.dataset, cfg.data_dir or None, side)
     train_idx, val_idx = train_eval_indices(len(task.train), cfg.train_frac, cfg.use_val)
     check_train_rows(task.name, len(task.train), len(train_idx), cfg.train_frac, cfg.use_val)
-    check_batch_shares(batch_rows(cfg.batch_size, len(train_idx)), world)
+    check_batch_shares(batch_rows(cfg.batch_size, len(train_idx)), cfg, world)
     eval_split = task.train.subset(val_idx) if cfg.use_val else task.test
     teachers = load_teachers(cfg, task, train_idx, val_idx, device, keep_eval=not method.trains_student,
                              world=world) if method.uses_teacher else None
@@ -52,13 +50,17 @@ def run(cfg, world=SINGLE):
     return fit(trainer, cfg, run_name, started)
 
 
-def check_batch_shares(batch, world):
-    """A global batch smaller than --batch_size (all of a small train set) must still divide evenly
-    among the processes: each computes an equal share of every batch."""
-    if batch % world.size:
-        raise UserError(f"the global batch is all {batch} train rows (fewer than --batch_size) and must divide "
-                        f"evenly among the {world.size} processes; change --train_frac, or run on a number of "
-                        f"processes that divides {batch}")
+def check_batch_shares(batch, cfg, world):
+    """The global batch (--batch_size, or all of a smaller train set) must divide evenly among the
+    processes: each computes an equal share of every batch."""
+    if not batch % world.size:
+        return
+    if batch == cfg.batch_size:
+        raise UserError(f"--batch_size={cfg.batch_size} is the batch of all {world.size} processes together and "
+                        f"must divide evenly among them; use a multiple of {world.size}")
+    raise UserError(f"the global batch is all {batch} train rows (fewer than --batch_size) and must divide "
+                    f"evenly among the {world.size} processes; change --train_frac, or run on a number of "
+                    f"processes that divides {batch}")
 
 
 def pictures_side(cfg, method):

@@ -45,7 +45,7 @@ class MethodFacts:
     baseline = False  # True: the method whose error is the unit of the results table (standard transfer)
     augments = False  # True: --no_augment=False turns on train-time augmentation (the paper's init only)
     trains_student = True  # False: no downstream model; a linear probe on the cached features (aft.probe)
-    writes_files = False  # True: start() may write a file beside the caches (ft's autoencoders); under torchrun rank 0 goes first
+    writes_files = False  # True: start() writes a file all processes read (ft's autoencoders): rank 0 goes first
     # On a dataset whose pre-trained models' features combine as a tensor product (SNLI-VE, as in the
     # paper's code): "product", the method reads their tensor product (an aft.product.Product); "split",
     # each model's features side by side, as on any other dataset; None: it has no such form and is
