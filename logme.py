@@ -15,7 +15,7 @@ from aft import cli
 from aft.datasets import DATASETS, load_task, train_eval_indices
 from aft.errors import check_bounds, main_guard
 from aft.features import DEFAULT_FEATURES_DIR, feature_path, read_features
-from aft.files import atomic_save
+from aft.files import atomic_save, exclusive
 from aft.logme import logme
 from aft.methods.btune import logme_keys
 from aft.runtime import resolve_device
@@ -37,16 +37,18 @@ def score():
     check_bounds(FLAGS, BOUNDS)
     task = load_task(FLAGS.dataset, FLAGS.data_dir or None)
     path = feature_path(FLAGS.features_dir, FLAGS.model_class, FLAGS.dataset)
-    cache = read_features(path, FLAGS.model_class, FLAGS.dataset, len(task.train), len(task.test), FLAGS.features_dir)
-    features, labels = cache["train"], task.train.labels
-    if FLAGS.train_frac != 1 or FLAGS.use_val:
-        rows, _ = train_eval_indices(len(labels), FLAGS.train_frac, FLAGS.use_val)
-        features, labels = features[rows], labels[rows]
-    device = resolve_device(FLAGS.device)
-    value, weights = logme(features.to(device), labels.to(device), num_classes=task.num_classes)
-    score_key, weights_key = logme_keys(FLAGS.train_frac, FLAGS.use_val)
-    cache[score_key], cache[weights_key] = float(value), weights.float().cpu().contiguous()
-    atomic_save(cache, path)
+    with exclusive(path):  # read, score and write back with no other writer in between
+        cache = read_features(path, FLAGS.model_class, FLAGS.dataset, len(task.train), len(task.test),
+                              FLAGS.features_dir)
+        features, labels = cache["train"], task.train.labels
+        if FLAGS.train_frac != 1 or FLAGS.use_val:
+            rows, _ = train_eval_indices(len(labels), FLAGS.train_frac, FLAGS.use_val)
+            features, labels = features[rows], labels[rows]
+        device = resolve_device(FLAGS.device)
+        value, weights = logme(features.to(device), labels.to(device), num_classes=task.num_classes)
+        score_key, weights_key = logme_keys(FLAGS.train_frac, FLAGS.use_val)
+        cache[score_key], cache[weights_key] = float(value), weights.float().cpu().contiguous()
+        atomic_save(cache, path)
     print(f"LogME of {FLAGS.model_class} on {FLAGS.dataset} ({len(labels)} train rows): {value:.4f}; "
           f"saved {score_key}, {weights_key} {tuple(weights.shape)} in {path}")
 

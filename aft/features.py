@@ -10,7 +10,7 @@ import time
 import torch
 
 from aft.errors import UserError
-from aft.files import atomic_save, safe_load
+from aft.files import atomic_save, exclusive, safe_load
 from aft.runtime import library_versions
 
 DEFAULT_FEATURES_DIR = "./features"  # the paper's folder; every script's --features_dir default
@@ -66,7 +66,8 @@ def cached_modality(path):
 
 
 def write_features(path, train, test, meta):
-    atomic_save({"train": train.contiguous(), "test": test.contiguous(), "meta": meta}, path)
+    with exclusive(path):  # not while logme.py writes back the old features with its scores
+        atomic_save({"train": train.contiguous(), "test": test.contiguous(), "meta": meta}, path)
 
 
 def expected_features(model):

@@ -1,7 +1,10 @@
 """Files that are never half-written: every file the tool writes (feature caches, checkpoints,
 results, decoded images) goes to a temporary file beside its target, is flushed to disk and renamed
 into place, so a crash or a kill leaves either the old file or the new one, never a torn one. And
-loading a torch file never runs pickled code."""
+loading a torch file never runs pickled code. A file that is read, changed and written back (a
+feature cache that logme.py scores) is held under a lock meanwhile, so no writer loses another's update."""
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -42,6 +45,26 @@ def atomic_write(path, write, binary=True):
             os.remove(tmp)
         raise
     remove_stale_temps(folder)
+
+
+@contextlib.contextmanager
+def exclusive(path):
+    """Hold an advisory lock on the existing file `path` (through a hidden `.NAME.lock` beside it, since
+    the file itself is replaced by each write) until the block ends. Two logme.py runs scoring other rows
+    of one cache, or logme.py while save_features.py rewrites the cache, would otherwise each write back
+    what they read and drop the other's keys or features. A file that does not exist yet has no update to
+    lose, so nothing is locked (and nothing made beside it); where the file system has no locks (some
+    network mounts) the block runs unlocked, as before this lock existed."""
+    if not os.path.exists(path):
+        yield
+        return
+    folder, name = os.path.split(os.path.abspath(path))
+    with open(os.path.join(folder, f".{name}.lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield  # closing the file releases the lock
 
 
 def atomic_save(obj, path):

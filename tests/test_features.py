@@ -37,7 +37,7 @@ def test_crash_during_write_keeps_old_file(tmp_path, monkeypatch):
         write(path)
     monkeypatch.undo()
     assert torch.equal(read_features(path, "m", "d")["train"], train)
-    assert os.listdir(tmp_path) == ["m_d.pt"]  # no temporary file left behind
+    assert sorted(os.listdir(tmp_path)) == [".m_d.pt.lock", "m_d.pt"]  # no temporary file left behind
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -156,12 +156,12 @@ def test_killed_run_resumes_to_identical_numbers(tmp_path):
     assert os.listdir(ckpt_dir) == ["part.pt"]
 
 
-def _start(script, *args, cwd):
+def _start(script, *args, cwd, stop=True):
     """A script started in the background, in the environment of tests.test_cli.cli, to be killed. It
     stops itself before each rename of a file it writes (aft.files.STOP_BEFORE_RENAME), so the test,
-    not the machine's speed, decides when each write finishes or is killed."""
+    not the machine's speed, decides when each write finishes or is killed; with stop=False it runs on."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", PYTHONPATH=ROOT,
-               **{STOP_BEFORE_RENAME: "1"})
+               **({STOP_BEFORE_RENAME: "1"} if stop else {}))
     return subprocess.Popen([sys.executable, *([os.path.join(ROOT, script)] if script else []), *args], cwd=cwd,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -248,5 +248,64 @@ def test_kill_at_random_moments_never_leaves_a_half_written_file(tmp_path):
         cache = read_features(str(path), "m", "d")
         k = cache["meta"]["k"]
         assert k in expected and (cache["train"] == k).all() and (cache["test"] == k).all()
-    # What a kill leaves is a hidden .tmp-*.pt that no reader ever opens.
-    assert all(n == "m_d.pt" or n.startswith(".tmp-") for n in os.listdir(tmp_path))
+    # What a kill leaves is a hidden .tmp-*.pt that no reader ever opens (and the cache's hidden lock file).
+    assert all(n in ("m_d.pt", ".m_d.pt.lock") or n.startswith(".tmp-") for n in os.listdir(tmp_path))
+
+
+# ---- two writers of one cache at once --------------------------------------------------------------
+
+REWRITER = textwrap.dedent("""
+    import sys, torch
+    from aft.features import make_meta, write_features
+    train, test = torch.ones(1437, 8), torch.ones(360, 8)  # the cache made again: new features, no scores
+    write_features(sys.argv[1], train, test, make_meta("teacher", "digits", train, test))
+""")
+
+
+def _waits_for_a_lock(pid):
+    """Whether the kernel lists process `pid` as blocked waiting for a file lock ("->" in /proc/locks)."""
+    with open("/proc/locks") as f:
+        for line in f:
+            fields = line.split()
+            if "->" in fields and int(fields[fields.index("->") + 4]) == pid:
+                return True
+    return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="needs Linux's /proc/locks to see a process wait")
+@pytest.mark.parametrize("second", ["logme.py on other rows", "save_features.py making the cache again"])
+def test_a_second_writer_waits_for_logme_and_neither_update_is_lost(tmp_path, second):
+    """logme.py reads a cache, scores it and writes it back with its keys. A second writer of that cache
+    at the same time (another logme.py, here with --use_val=True, or the cache made again) waits until
+    the first has written: the first is stopped just before its rename, and the kernel shows the second
+    blocked on the cache's lock, rather than finished. Without the lock the first's rename, coming last,
+    wrote back what it had read: the other's LogME keys lost, or the new features silently replaced by
+    the old ones."""
+    path = tmp_path / "features" / "teacher_digits.pt"
+    g = torch.Generator().manual_seed(0)
+    old_train, old_test = torch.randn(1437, 8, generator=g), torch.randn(360, 8, generator=g)
+    write_features(str(path), old_train, old_test, make_meta("teacher", "digits", old_train, old_test))
+    first = _start("logme.py", "--model_class=teacher", "--dataset=digits", "--train_frac=0.5", cwd=tmp_path)
+    other = None
+    try:
+        _wait_stopped(first)  # scored, its new version complete in a temporary file, the lock held
+        if second.startswith("logme"):
+            other = _start("logme.py", "--model_class=teacher", "--dataset=digits", "--use_val=True", cwd=tmp_path,
+                           stop=False)
+        else:
+            other = _start(None, "-c", REWRITER, str(path), cwd=tmp_path, stop=False)
+        while other.poll() is None and not _waits_for_a_lock(other.pid):
+            time.sleep(0.05)
+        assert other.poll() is None, "the second writer finished while the first held the cache"
+        first.send_signal(signal.SIGCONT)
+        assert first.wait() == 0 and other.wait() == 0
+    finally:
+        for proc in (first, other):
+            if proc is not None and proc.poll() is None:
+                _kill(proc)
+    cache = read_features(str(path), "teacher", "digits")
+    if second.startswith("logme"):
+        assert "logme_score_train_frac=0.5" in cache and "logme_score_val" in cache
+        assert torch.equal(cache["train"], old_train)
+    else:  # the new features, without the scores of the old ones
+        assert (cache["train"] == 1).all() and not [k for k in cache if k.startswith("logme")]
