@@ -13,14 +13,14 @@ METHODS=${METHODS:-"init kd aft"}
 if [ "$METHODS" = all ]; then
     METHODS="init kd aft rkd ft btune aft_rbf aft_dense aft_no_kernel linear_probe"
 fi
-# Betas: each method's best on the demo's validation split (seed 0, README; rkd, btune and the aft
-# variants as measured on the earlier code); override as below.
+# Betas: each method's best on the demo's validation split (seed 0, README; btune, aft_dense and
+# aft_no_kernel as measured on the earlier code); override as below.
 AFT_PREC=${AFT_PREC:-3}                       # of 1, 3, 10, 30
-KD_PREC=${KD_PREC:-100}                       # of 1, 10, 30, 100
-RKD_PREC=${RKD_PREC:-30}                      # of 1, 10, 30, 100
+KD_PREC=${KD_PREC:-100}                       # of 1, 10, 30, 100, 300
+RKD_PREC=${RKD_PREC:-100}                     # of 3, 10, 30, 100, 300
 FT_PREC=${FT_PREC:-1}                         # of 0.3, 1, 10
 BTUNE_PREC=${BTUNE_PREC:-0.0001}              # of 0.0001, 0.001, 0.01, 0.1, 1 (README: B-Tuning)
-AFT_RBF_PREC=${AFT_RBF_PREC:-30}              # of 1, 10, 30, 100
+AFT_RBF_PREC=${AFT_RBF_PREC:-10}              # of 3, 10, 30
 AFT_DENSE_PREC=${AFT_DENSE_PREC:-10}          # of 1, 10, 30
 AFT_NO_KERNEL_PREC=${AFT_NO_KERNEL_PREC:-10}  # of 1, 10, 30
 LINEAR_PROBE_LR=${LINEAR_PROBE_LR:-0.03}      # no beta; its lr, of 0.001, 0.01, 0.03, 0.1
