@@ -273,7 +273,7 @@ def _waits_for_a_lock(pid):
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="needs Linux's /proc/locks to see a process wait")
-@pytest.mark.parametrize("second", ["logme.py on other rows", "save_features.py making the cache again"])
+@pytest.mark.parametrize("second", ["logme.py on other rows", "write_features making the cache again"])
 def test_a_second_writer_waits_for_logme_and_neither_update_is_lost(tmp_path, second):
     """logme.py reads a cache, scores it and writes it back with its keys. A second writer of that cache
     at the same time (another logme.py, here with --use_val=True, or the cache made again) waits until
