@@ -17,7 +17,7 @@ from aft.errors import check_bounds, main_guard
 from aft.features import DEFAULT_FEATURES_DIR, feature_path, read_features
 from aft.files import atomic_save, exclusive
 from aft.logme import logme
-from aft.methods.btune import logme_keys
+from aft.prepare import logme_keys
 from aft.runtime import resolve_device
 
 # The paper's code has no LogME script: every flag is this tool's own.

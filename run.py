@@ -14,11 +14,11 @@ from dataclasses import fields
 from absl import flags
 
 from aft import cli, distributed
-from aft.config import BOUNDS, Config
+from aft.config import BOUNDS, OPTIMIZERS, PRECISIONS, Config
 from aft.datasets import DATASETS
 from aft.errors import check_bounds, main_guard
 from aft.experiment import run
-from aft.methods import METHODS
+from aft.methods import METHODS, hyperparameters
 from aft.runtime import resolve_device
 
 HELP = {
@@ -31,15 +31,12 @@ HELP = {
     "use_val": "hold out 10% of train (fixed split seed 42) and evaluate on it instead of test",
     "method": "init: standard transfer learning; aft: Adaptive Feature Transfer; the others: README's Methods",
     "prec": "beta, the regularisation strength",
-    "learn_scales": "AFT learns its per-feature scales (False: fixed at 1/2)",
-    "prior_lr": "learning rate of AFT's scales",
     "steps": "training steps (x4 on mnli, qqp, qnli)",
     "eval_steps": "evaluate (and checkpoint) every this many steps",
     "optimizer": "adam, or sgd with momentum 0.9",
     "batch_size": "training batch size",
     "lr": "learning rate (cosine schedule over the run)",
     "wd": "weight decay",
-    "no_augment": "no data augmentation (augmentation is only ever used with method=init)",
     "use_wandb": "log to Weights & Biases (offline mode without WANDB_API_KEY)",
     "wandb_project": "wandb project",
     "wandb_group": "wandb group (default: dataset_model_method)",
@@ -60,14 +57,14 @@ HELP = {
     "eval_batch_size": "batch size of evaluation",
     "extract_batch_size": "batch size when a missing feature cache is computed on the fly",
 }
-CHOICES = {"method": sorted(METHODS), "dataset": sorted(DATASETS), "optimizer": ["adam", "sgd"],
-           "precision": ["auto", "bf16", "fp32"]}
+CHOICES = {"method": METHODS.names(), "dataset": DATASETS.names(), "optimizer": list(OPTIMIZERS),
+           "precision": list(PRECISIONS)}
 
 # The flags of the paper's run.py (its README's command and its main()'s other arguments), listed
-# first by --help; the rest are this tool's own.
+# first by --help; the rest are this tool's own. The methods' hyperparameters say which they are.
 PAPER_FLAGS = {"seed", "model_class", "init_model", "dataset", "pretrained_models", "train_frac", "use_val",
-               "method", "prec", "learn_scales", "prior_lr", "steps", "eval_steps", "optimizer", "batch_size",
-               "lr", "wd", "no_augment", "use_wandb", "ckpt_dir", "run_name"}
+               "method", "prec", "steps", "eval_steps", "optimizer", "batch_size", "lr", "wd", "use_wandb",
+               "ckpt_dir", "run_name"}
 
 # The paper's run.py flags that change nothing here, accepted so that its command lines run:
 # name -> (default, help, bound, the line printed when the flag is given).
@@ -84,16 +81,21 @@ PAPER_ONLY = {
                              "not used: AFT's scales are trained with the downstream model from the first step"),
 }
 
-for f in fields(Config):
+GENERAL = [f for f in fields(Config) if f.name != "method_args"]
+for f in GENERAL:
     cli.define(cli.PAPER if f.name in PAPER_FLAGS else cli.TOOL, f.name, f.default, HELP[f.name],
                CHOICES.get(f.name), BOUNDS.get(f.name))
+for f in hyperparameters():
+    cli.define(cli.PAPER if f.metadata["paper"] else cli.TOOL, f.name, f.default, f.metadata["help"],
+               bound=f.metadata["bound"])
 for name, (default, text, bound, _) in PAPER_ONLY.items():
     cli.define(cli.PAPER, name, default, text, bound=bound)
 FLAGS = flags.FLAGS
 
 
 def config_from_flags():
-    return Config(**{f.name: getattr(FLAGS, f.name) for f in fields(Config)})
+    return Config(**{f.name: getattr(FLAGS, f.name) for f in GENERAL},
+                  method_args={f.name: getattr(FLAGS, f.name) for f in hyperparameters()})
 
 
 def start():
@@ -116,9 +118,8 @@ def start():
 
 def main(argv):
     del argv
-    results = main_guard(start)
-    print(f"final {results['eval_split']} accuracy: {results['final_acc']:.4f}  "
-          f"({results['run_name']}, {results['seconds']:.0f}s)")
+    record = main_guard(start)
+    print(f"final {record.eval_split} accuracy: {record.final_acc:.4f}  ({record.run_name}, {record.seconds:.0f}s)")
 
 
 if __name__ == "__main__":

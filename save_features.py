@@ -66,17 +66,17 @@ def device_map():
     return None if FLAGS.device_map == "none" else FLAGS.device_map
 
 
-def extract(task, path, world=distributed.SINGLE, device=None):
-    return extract_to_cache(FLAGS.model_class, task, path, FLAGS.batch_size, device or resolve_device(FLAGS.device),
+def extract(spec, task, path, world=distributed.SINGLE, device=None):
+    return extract_to_cache(spec, task, path, FLAGS.batch_size, device or resolve_device(FLAGS.device),
                             FLAGS.precision, FLAGS.image_size or None, FLAGS.chunk_rows, world, device_map())
 
 
-def debug(task):
+def debug(spec, task):
     """The paper's --debug: the first batch of each split through the model, nothing kept."""
     first = {split: getattr(task, split).subset(torch.arange(min(FLAGS.batch_size, len(getattr(task, split)))))
              for split in ("train", "test")}
     with tempfile.TemporaryDirectory() as tmp:
-        cache = extract(dataclasses.replace(task, **first), os.path.join(tmp, "debug.pt"))
+        cache = extract(spec, dataclasses.replace(task, **first), os.path.join(tmp, "debug.pt"))
     meta = cache["meta"]
     finite = all(bool(torch.isfinite(cache[split]).all()) for split in first)
     print(f"debug: {FLAGS.model_class} on {meta['n_train']} train and {meta['n_test']} test rows of "
@@ -89,11 +89,10 @@ def save():
     world = distributed.from_environment()
     if FLAGS.debug and world.size > 1:
         raise UserError("--debug is a one-process try; run it with python, not torchrun")
-    if device_map():
-        check_device_map(resolve_model(FLAGS.model_class), device_map(), world)
+    spec = resolve_model(FLAGS.model_class)
+    check_device_map(spec, device_map(), world)
     device = world.device(resolve_device(FLAGS.device))
     use_cores(FLAGS.num_workers)
-    spec = resolve_model(FLAGS.model_class)
     canonical = feature_path(FLAGS.features_dir, FLAGS.model_class, FLAGS.dataset)
     path = FLAGS.save_path or canonical
     distributed.start(world, device)
@@ -101,8 +100,8 @@ def save():
         with world.main_first():  # rank 0 decodes the pictures once; the others read its decoded file
             task = load_task(FLAGS.dataset, FLAGS.data_dir or None, decode_size([spec.pixels(FLAGS.image_size or None)]))
         if FLAGS.debug:
-            return debug(task)
-        cache = extract(task, path, world, device)
+            return debug(spec, task)
+        cache = extract(spec, task, path, world, device)
     finally:
         distributed.stop(world)
     if not world.is_main:

@@ -24,7 +24,7 @@ from aft.distributed import SINGLE
 from aft.errors import UserError
 from aft.features import make_meta, write_features
 from aft.files import atomic_save, safe_load
-from aft.models import check_modality, resolve_model
+from aft.models import check_modality
 from aft.runtime import autocast, resolve_precision, speed_settings
 
 CHUNK_ROWS = 4096  # rows per chunk file: what a kill can cost
@@ -174,13 +174,14 @@ def merge_chunks(folder, identity, chunks, dim):
     return out
 
 
-def extract_to_cache(model_name, task, path, batch_size, device, precision="auto", image_size=None,
+def extract_to_cache(spec, task, path, batch_size, device, precision="auto", image_size=None,
                      chunk_rows=CHUNK_ROWS, world=SINGLE, device_map=None):
-    """Compute `model_name`'s features of `task` and write them atomically to `path`, through chunk
-    files in `{path}.parts/` (see the module docstring); `world`: this process's rank among those
-    torchrun started; `device_map`: "auto" spreads a Hugging Face model over the GPUs (accelerate;
-    check_device_map first). Returns the cache on rank 0, None on the others."""
-    spec = resolve_model(model_name)
+    """Compute the features of model `spec` (an aft.models ModelSpec) of `task` and write them
+    atomically to `path`, through chunk files in `{path}.parts/` (see the module docstring); `world`:
+    this process's rank among those torchrun started; `device_map`: "auto" spreads a Hugging Face
+    model over the GPUs (accelerate; check_device_map first). Returns the cache on rank 0, None on the
+    others."""
+    model_name = spec.name
     check_modality(spec, task)
     precision = resolve_precision(precision, device)
     start = time.time()

@@ -1,6 +1,6 @@
 """The one training loop every run goes through, whatever it trains.
 
-`fit(trainer, cfg, run_name, started)` runs `trainer.steps` steps over epochs of freshly shuffled
+`fit(trainer, plan, started)` runs `trainer.steps` steps over epochs of freshly shuffled
 batches, evaluates every `eval_steps`, writes a checkpoint there (and resumes from one), stops at
 the first NaN or inf loss, logs to wandb, and writes the results JSON with its provenance (commit,
 library versions, command line). A trainer is anything with this small protocol:
@@ -22,39 +22,23 @@ losses are averaged over the processes at each evaluation; only rank 0 shows pro
 checkpoint, the results JSON and wandb; each process keeps its own RNG state in the checkpoint.
 """
 import json
-import math
 import os
-import platform
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import asdict
 
 import torch
 from tqdm import tqdm
 
-from aft.config import check_same_run
 from aft.errors import UserError, first_line
-from aft.files import atomic_save, safe_load, write_json
-from aft.runtime import library_versions
+from aft.files import atomic_save, safe_load
+from aft.identity import check_same_run, flat_config
+from aft.record import RunRecord, provenance
 
 
 # A test hook, unset in normal use: "RANK:STEP" makes the process of that rank kill itself (SIGKILL)
 # right after the checkpoint of that step is in place, so a test interrupts a run at a known point.
 KILL_AFTER_CHECKPOINT = "AFT_TEST_KILL_AFTER_CHECKPOINT"
-
-
-def make_optimizer(groups, cfg, device):
-    """Adam or SGD (momentum 0.9) over parameter groups; groups without their own lr/wd take the run's."""
-    fused = {"fused": True} if device.type == "cuda" else {}
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.wd, **fused)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.wd, **fused)
-
-
-def cosine_schedule(optimizer, steps):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
 
 
 def batch_rows(batch_size, n):
@@ -71,10 +55,10 @@ def epoch_batches(n, batch_size, seed, epoch):
     return list(perm[: n - n % size].split(size))  # equal-size batches: no ragged last step
 
 
-def fit(trainer, cfg, run_name, started):
-    """Train to the end (resuming from the run's checkpoint when asked); returns the evaluations."""
+def fit(trainer, plan, started):
+    """Train to the end (resuming from the run's checkpoint when asked); returns its RunRecord."""
+    cfg, run_name, ckpt_path = plan.cfg, plan.run_name, plan.ckpt_path
     device, steps, world = trainer.device, trainer.steps, trainer.world
-    ckpt_path = os.path.join(cfg.ckpt_dir, f"{run_name}.pt") if cfg.ckpt_dir else None
     step, evals = 0, []
     if cfg.resume and ckpt_path and os.path.exists(ckpt_path):
         step, evals = load_checkpoint(ckpt_path, cfg, trainer, device)
@@ -124,48 +108,22 @@ def fit(trainer, cfg, run_name, started):
             if step >= steps:
                 break
     bar.close()
-    return finish_run(cfg, run_name, trainer, split, evals, started, wandb_run)
+    return finish_run(plan, trainer, split, evals, started, wandb_run)
 
 
-def finish_run(cfg, run_name, trainer, split, evals, started, wandb_run):
-    """The results JSON of a run (and its wandb summary); returns the results dict."""
-    results = dict(run_name=run_name, config=asdict(cfg), steps=trainer.steps, eval_split=split,
-                   n_train=trainer.n_train, n_eval=trainer.n_eval, evals=evals, final_acc=evals[-1]["acc"],
-                   device=trainer.device.type, precision=trainer.precision, world_size=trainer.world.size,
-                   decoded_size=trainer.decoded_size,
-                   seconds=round(time.time() - started, 1), provenance=provenance())
+def finish_run(plan, trainer, split, evals, started, wandb_run):
+    """The results record of a run, written by rank 0 (and its wandb summary); returns the record."""
+    record = RunRecord(run_name=plan.run_name, config=flat_config(plan.cfg), steps=trainer.steps, eval_split=split,
+                       n_train=trainer.n_train, n_eval=trainer.n_eval, evals=evals, final_acc=evals[-1]["acc"],
+                       device=trainer.device.type, precision=trainer.precision, world_size=trainer.world.size,
+                       decoded_size=trainer.decoded_size, seconds=round(time.time() - started, 1),
+                       provenance=provenance())
     if trainer.world.is_main:
-        write_json(os.path.join(cfg.out_dir, f"{run_name}.json"), results)
+        record.write(plan.results_path)
     if wandb_run is not None:
-        wandb_run.summary["final_acc"] = results["final_acc"]
+        wandb_run.summary["final_acc"] = record.final_acc
         wandb_run.finish()
-    return results
-
-
-CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def provenance():
-    """What made a result: the code's git commit, the library versions and the command line."""
-    commit, dirty = git_state(CODE_ROOT)
-    return dict(commit=commit, dirty=dirty, python=platform.python_version(), **library_versions(),
-                argv=list(sys.argv))
-
-
-def git_state(root):
-    """(commit, dirty) of the git checkout whose top folder is `root`, dirty meaning tracked files
-    changed since that commit (untracked ones, like results, do not count, as in `git describe
-    --dirty`); ("unknown", "unknown") when `root` is not such a checkout, e.g. the package was
-    installed elsewhere (a checkout around it would be another project's commit) or git is missing."""
-    def git(*args):  # no optional locks: `status` must not take the index lock from a concurrent git command
-        return subprocess.run(["git", "--no-optional-locks", "-C", root, *args], capture_output=True, text=True,
-                              check=True, timeout=60).stdout.strip()
-    try:
-        if os.path.realpath(git("rev-parse", "--show-toplevel")) != os.path.realpath(root):
-            return "unknown", "unknown"
-        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", "unknown"
+    return record
 
 
 def rng_state(device):
@@ -181,7 +139,7 @@ def save_checkpoint(path, trainer, step, evals, device, cfg):
     rngs = world.gather_objects(rng_state(device))
     if world.is_main:
         # evals and config as JSON strings: the file stays loadable with weights_only=True
-        state = dict(trainer.state_dict(), step=step, evals=json.dumps(evals), config=json.dumps(asdict(cfg)),
+        state = dict(trainer.state_dict(), step=step, evals=json.dumps(evals), config=json.dumps(flat_config(cfg)),
                      **rngs[0])
         if world.size > 1:
             state["rng_ranks"] = rngs
@@ -227,5 +185,5 @@ def start_wandb(cfg, run_name):
     import wandb
     # Without credentials an online run cannot start; log offline then (`wandb sync` uploads later).
     mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-    return wandb.init(project=cfg.wandb_project, name=run_name, config=asdict(cfg), mode=mode,
+    return wandb.init(project=cfg.wandb_project, name=run_name, config=flat_config(cfg), mode=mode,
                       group=cfg.wandb_group or f"{cfg.dataset}_{cfg.model_class}_{cfg.method}", reinit=True)

@@ -7,16 +7,15 @@ the gradients averaged (DistributedDataParallel), evaluation shared out."""
 import torch
 import torch.nn.functional as F
 
-from aft.distributed import SINGLE
-from aft.loop import batch_rows, cosine_schedule, make_optimizer
-from aft.methods import get_method
+from aft.loop import batch_rows
+from aft.optim import cosine_schedule, make_optimizer
 from aft.product import join_features
 
 
 class ProbeTrainer:
-    def __init__(self, cfg, task, train_idx, eval_split, teachers, device, precision, world=SINGLE):
+    def __init__(self, plan, task, train_idx, eval_split, teachers):
+        cfg, method_cls, device, world = plan.cfg, plan.method, plan.device, plan.world
         self.cfg, self.device, self.precision, self.world = cfg, device, "fp32", world  # a linear layer: no autocast
-        method_cls = get_method(cfg.method)
         product = method_cls.reads_product(task.modality)
         self.x_train = join_features([t.float() for t in teachers.train], product).to(device)
         self.y_train = task.train.labels[train_idx].to(device)
@@ -28,9 +27,13 @@ class ProbeTrainer:
         self.forward = world.data_parallel(self.model, device)
         self.share = world.shard(batch_rows(cfg.batch_size, self.n_train))
         self.steps = cfg.steps * task.step_multiplier  # 4 on mnli, qqp, qnli (the paper's), as a student's
-        self.optimizer = make_optimizer([{"params": list(self.model.parameters())}], cfg, device)
+        self.optimizer = make_optimizer([{"params": list(self.model.parameters())}], cfg.optimizer, cfg.lr, cfg.wd,
+                                        device)
         self.scheduler = cosine_schedule(self.optimizer, self.steps)
         self.zero = torch.zeros((), device=device)  # R: nothing is regularised
+
+    def start(self, prepared):
+        """Nothing is prepared for a linear probe."""
 
     def widths(self, batches):
         return [None] * len(batches)

@@ -25,7 +25,8 @@ from collections import defaultdict
 
 from aft.config import BOOKKEEPING
 from aft.errors import UserError, main_guard
-from aft.methods import METHODS
+from aft.methods import METHODS, hyperparameters
+from aft.record import RunRecord
 
 # The method whose error is the unit of the last column: standard transfer learning.
 BASELINE = next(name for name, method in METHODS.items() if method.baseline)
@@ -34,8 +35,9 @@ BASELINE = next(name for name, method in METHODS.items() if method.baseline)
 # "setting": runs of different settings are never averaged together.
 NOT_SETTING = BOOKKEEPING | {"seed", "prec", "lr", "use_val", "dataset", "model_class", "pretrained_models",
                              "method", "train_frac"}
-# Flags one method ignores and another uses: left out when a method is matched with its baseline.
-METHOD_SPECIFIC = {"learn_scales", "prior_lr", "no_augment"}
+# The methods' own hyperparameters, which one method reads and another ignores: left out when a method
+# is matched with its baseline.
+METHOD_SPECIFIC = {f.name for f in hyperparameters()}
 
 
 # ---- reading --------------------------------------------------------------------------------------
@@ -58,22 +60,20 @@ def load_results(dirs):
 
 def read_record(path):
     try:
-        with open(path) as f:
-            res = json.load(f)
-        cfg = res["config"]
+        res = RunRecord.read(path)
+        cfg = res.config
         method = cfg["method"]
         facts = METHODS[method]
         return dict(
             dataset=cfg["dataset"], model=cfg["model_class"], method=method,
             teachers=cfg.get("pretrained_models", "") if facts.uses_teacher else "",
             train_frac=float(cfg.get("train_frac", 1.0)),
-            prec=float(cfg["prec"]) if facts.takes_beta else 0.0, lr=float(cfg["lr"]), seed=int(cfg["seed"]),
-            split="val" if cfg.get("use_val") or res.get("eval_split") == "val" else "test",
+            prec=float(cfg["prec"]) if facts.takes_beta() else 0.0, lr=float(cfg["lr"]), seed=int(cfg["seed"]),
+            split="val" if cfg.get("use_val") or res.eval_split == "val" else "test",
             setting=tuple(sorted((k, v if isinstance(v, (str, int, float, bool, type(None))) else json.dumps(v))
                                  for k, v in cfg.items() if k not in NOT_SETTING)),
-            acc=float(res["final_acc"]), run_name=res.get("run_name", ""), path=path,
-            mtime=os.path.getmtime(path))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            acc=float(res.final_acc), run_name=res.run_name, path=path, mtime=os.path.getmtime(path))
+    except (UserError, OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -181,7 +181,7 @@ def markdown(rows):
         cells = [r["dataset"], r["model"], r["teachers"] or "-", r["method"]] + \
             ([f"{r['train_frac']:g}"] if show_frac else []) + \
             ([setting_text(r["setting"], setting_keys)] if setting_keys else []) + \
-            [f"{r['prec']:g}" if METHODS[r["method"]].takes_beta else "-"] + ([f"{r['lr']:g}"] if show_lr else []) + \
+            [f"{r['prec']:g}" if METHODS[r["method"]].takes_beta() else "-"] + ([f"{r['lr']:g}"] if show_lr else []) + \
             [chosen_text[r["chosen_on"]], _pct(r["val_mean"]), test, str(r["n"]),
              "-" if r["norm_err"] is None else f"{r['norm_err']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")

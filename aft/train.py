@@ -11,19 +11,26 @@ computes the same R; the gathered rows send each process the sum of the processe
 of its own rows, which DDP's average turns back into R's gradient, and the method's own weights
 (AFT's scales, kd's map) get the average of equal gradients. So N processes compute what one does.
 """
-from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from aft.distributed import SINGLE
 from aft.inputs import warn_upscale
-from aft.loop import batch_rows, cosine_schedule, make_optimizer
-from aft.methods import get_method
-from aft.models import check_modality, create_classifier
+from aft.loop import batch_rows
+from aft.models import build_classifier
+from aft.optim import cosine_schedule, make_optimizer
 from aft.product import each_factor, join_features
 from aft.runtime import autocast, rank_seed, seed_everything
-from aft.teachers import Student
+
+
+@dataclass
+class Student:
+    """The downstream model as a method's preparation sees it before the first step (aft.prepare)."""
+    name: str
+    pretrained: bool
+    features: Callable[[], torch.Tensor]  # its features of the train rows now (computed when called)
 
 
 def eval_batches(model, inputs, rows, batch_size, device, precision):
@@ -43,52 +50,52 @@ class Trainer:
     """One downstream model, its method and optimizer, with every input already on the device.
 
     `step(idx, width)` is the whole per-step work of a run; benchmarks time exactly this.
-    `teachers` is an aft.teachers.TeacherFeatures, or None for a method without teachers; `world` is
-    this process among those torchrun started.
+    `plan` is the run's aft.plan.RunPlan; `teachers` an aft.teachers.TeacherFeatures, or None for a
+    method without teachers. start(prepared) hands the method what its preparation made.
     """
 
-    def __init__(self, cfg, task, train_idx, eval_split, teachers, device, precision, world=SINGLE):
-        method_cls = get_method(cfg.method)
-        model, spec = create_classifier(cfg.model_class, task.num_classes, pretrained=bool(cfg.init_model))
-        check_modality(spec, task)
-        self.cfg, self.device, self.precision, self.world = cfg, device, precision, world
+    def __init__(self, plan, task, train_idx, eval_split, teachers):
+        cfg, method_cls = plan.cfg, plan.method
+        self.cfg, self.device, self.precision, self.world = cfg, plan.device, plan.precision, plan.world
+        device, world = self.device, self.world
+        model = build_classifier(plan.student, task.num_classes, pretrained=bool(cfg.init_model))
         if world.size > 1 and device.type == "cuda":  # BatchNorm over the global batch (CUDA only in PyTorch)
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(device)
-        if device.type == "cuda" and spec.modality == "image":
+        if device.type == "cuda" and plan.student.modality == "image":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.method = method_cls(model.phi_dims, teachers.dims if teachers else [],
-                                 learn_scales=cfg.learn_scales, prior_lr=cfg.prior_lr).to(device)
+        self.method = method_cls(model.phi_dims, teachers.dims if teachers else [], plan.settings).to(device)
         product = method_cls.reads_product(task.modality)
         self.psi = join_features(teachers.train, product).to(device) if teachers else None
 
         # Preprocess once; only the rows trained on are kept.
         image_size = cfg.image_size or None
-        self.train_inputs = spec.make_inputs(task.train.subset(train_idx).inputs, task, image_size).to(device)
+        self.train_inputs = plan.student.make_inputs(task.train.subset(train_idx).inputs, task, image_size).to(device)
         warn_upscale(self.train_inputs, cfg.model_class)
         self.train_labels = task.train.labels[train_idx].to(device)
-        self.eval_inputs = spec.make_inputs(eval_split.inputs, task, image_size).to(device)
+        self.eval_inputs = plan.student.make_inputs(eval_split.inputs, task, image_size).to(device)
         self.eval_labels = eval_split.labels.to(device)
         self.n_train, self.n_eval = len(self.train_labels), len(self.eval_labels)
         self.decoded_size = task.decoded_size
-        self.augment = method_cls.augments and not cfg.no_augment and task.modality == "image"
+        self.augment = method_cls.augments(plan.settings) and task.modality == "image"
         self.share = world.shard(batch_rows(cfg.batch_size, self.n_train))  # this process's rows of every global batch
-        self.gathers = method_cls.takes_beta  # only a regulariser reads the global batch's phi
+        self.gathers = method_cls.takes_beta()  # only a regulariser reads the global batch's phi
 
         self.steps = cfg.steps * task.step_multiplier  # 4 on mnli, qqp, qnli (the paper's)
         groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}] + self.method.param_groups()
-        self.optimizer = make_optimizer(groups, cfg, device)
+        self.optimizer = make_optimizer(groups, cfg.optimizer, cfg.lr, cfg.wd, device)
         self.scheduler = cosine_schedule(self.optimizer, self.steps)
         self.method_params = [p for p in self.method.parameters() if p.requires_grad]
         forward = world.data_parallel(self.model, device)
         self.forward = torch.compile(forward) if cfg.compile else forward
         self.model.train()
-        # rank 0 first where the method writes a file that all read (ft's autoencoders); else all at once
-        with world.main_first() if method_cls.writes_files else nullcontext():
-            self.method.start(Student(cfg.model_class, bool(cfg.init_model), self.train_features), self.train_labels,
-                              teachers)
-        if world.size > 1:  # the model starts alike everywhere; dropout and augmentation draw apart
-            seed_everything(rank_seed(cfg.seed, world.rank))
+        self.student = Student(cfg.model_class, bool(cfg.init_model), self.train_features)
+
+    def start(self, prepared):
+        """Hand the method what its preparation made, before the first step."""
+        self.method.start(prepared)
+        if self.world.size > 1:  # the model starts alike everywhere; dropout and augmentation draw apart
+            seed_everything(rank_seed(self.cfg.seed, self.world.rank))
 
     def widths(self, batches):
         return self.train_inputs.widths(batches)

@@ -14,7 +14,14 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers or timm read it
 
+from aft.config import Config  # noqa: E402
+from aft.distributed import SINGLE  # noqa: E402
+from aft.methods import get_method  # noqa: E402
+from aft.models import resolve_model  # noqa: E402
+from aft.plan import RunPlan, method_settings  # noqa: E402
 from aft.runtime import resolve_device, resolve_precision  # noqa: E402
+from aft.teachers import TeacherFeatures  # noqa: E402
+from aft.train import Trainer  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s) by device name, for the fraction-of-peak figures.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
@@ -118,3 +125,20 @@ def start(bench, args):
     precision = resolve_precision(args.precision, device)
     emit(env_record(bench, device, precision, args))
     return device, precision, peak_tflops(device, args.peak_tflops)
+
+
+def project_trainer(name, method, task, psi, steps, batch_size, image_size, device, precision, world=SINGLE,
+                    compile=False):
+    """run.py's Trainer of downstream model `name` and `method` (beta 1, Adam at 1e-4) on an in-memory
+    `task`, with the random teacher features `psi` of its train rows: what a run builds, minus the
+    data loading and the cache files."""
+    cfg = Config(model_class=name, dataset=task.name, pretrained_models="random", method=method, prec=1.0,
+                 steps=steps, eval_steps=steps, batch_size=batch_size, lr=1e-4, optimizer="adam", compile=compile,
+                 image_size=image_size, device=str(device), precision=precision)
+    method_cls = get_method(method)
+    plan = RunPlan(cfg, method_cls, method_settings(cfg, method_cls), dataset=None, student=resolve_model(name),
+                   teachers=(), decode_size=0, device=device, precision=precision, run_name="benchmark", world=world)
+    rows = torch.arange(len(task.train))
+    teachers = TeacherFeatures(["random"], [dict(train=psi)], rows, task.name, cfg.features_dir, 1.0, False) \
+        if method_cls.uses_teacher else None
+    return Trainer(plan, task, rows, task.test, teachers)

@@ -63,9 +63,9 @@ def main(argv=None):
             with contextlib.redirect_stdout(sys.stderr):  # run's progress lines; stdout is JSON only
                 r = run(dataclasses.replace(cfg, seed=seed, precision=precision,
                                             run_name=f"demo_{precision}_seed{seed}"))
-            acc[precision].append(r["final_acc"])
-            emit(dict(seed=seed, precision=precision, device=r["device"], final_acc=r["final_acc"],
-                      evals=[e["acc"] for e in r["evals"]], seconds=round(time.time() - t, 1)))
+            acc[precision].append(r.final_acc)
+            emit(dict(seed=seed, precision=precision, device=r.device, final_acc=r.final_acc,
+                      evals=[e["acc"] for e in r.evals], seconds=round(time.time() - t, 1)))
     summary = dict(pipeline="summary", seeds=len(acc["bf16"]), steps=args.steps,
                    bf16_minus_fp32=[round(b - f, 4) for b, f in zip(acc["bf16"], acc["fp32"])])
     for precision, values in acc.items():

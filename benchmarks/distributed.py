@@ -29,20 +29,16 @@ import time
 import torch
 
 # common before aft: it keeps the Hugging Face hub offline
-from common import emit, parse_with_tiny, sync
+from common import emit, parse_with_tiny, project_trainer, sync
 from extract import build_body
 from train_step import TEACHER_DIM, cifar_like
 
 from aft import distributed
-from aft.config import Config
 from aft.datasets import Split, Task
 from aft.extract import extract_chunks, merge_chunks, prepare_body
 from aft.loop import epoch_batches
-from aft.methods import get_method
 from aft.models import resolve_model
 from aft.runtime import resolve_device, resolve_precision, seed_everything, speed_settings
-from aft.teachers import TeacherFeatures
-from aft.train import Trainer
 
 TINY_MODELS = "test_vit"
 
@@ -62,14 +58,9 @@ def timed(world, device, fn, reps):
 def bench_train(args, world, name, method, task, psi, device, precision):
     n = len(task.train)
     total = args.warmup + args.steps
-    cfg = Config(model_class=name, dataset=task.name, pretrained_models="random", method=method, prec=1.0,
-                 steps=total, eval_steps=total, batch_size=args.batch_size, lr=1e-4, optimizer="adam",
-                 image_size=args.image_size, device=str(device), precision=precision)
     seed_everything(0)
-    rows = torch.arange(n)
-    teachers = TeacherFeatures(["random"], [dict(train=psi)], rows, task.name, cfg.features_dir, 1.0, False) \
-        if get_method(method).uses_teacher else None
-    trainer = Trainer(cfg, task, rows, task.test, teachers, device, precision, world)
+    trainer = project_trainer(name, method, task, psi, total, args.batch_size, args.image_size, device, precision,
+                              world)
     per_epoch = n // args.batch_size
     batches = [b for e in range(-(-total // per_epoch)) for b in epoch_batches(n, args.batch_size, 0, e)][:total]
     batches = iter(torch.stack(batches).to(device).unbind(0))

@@ -30,17 +30,14 @@ import torch
 import torch.nn.functional as F
 
 # common before aft: it keeps the Hugging Face hub offline
-from common import (count_flops, emit, free, host_syncs, max_mem_gb, parse_with_tiny, rates, start, sync,
-                    upstream_flags)
+from common import (count_flops, emit, free, host_syncs, max_mem_gb, parse_with_tiny, project_trainer, rates, start,
+                    sync, upstream_flags)
 
-from aft.config import Config
 from aft.datasets import Split, Task
 from aft.loop import epoch_batches
 from aft.methods import get_method
 from aft.models import create_classifier
 from aft.runtime import seed_everything, speed_settings
-from aft.teachers import TeacherFeatures
-from aft.train import Trainer
 
 TEACHER_DIM = 2944
 TINY_MODELS = "test_vit,test_resnet"  # timm's CI models (160 px, < 0.4M parameters)
@@ -84,15 +81,10 @@ def bench_project(args, name, method, task, psi, device, precision, peak):
     free(device)
     n = len(task.train)
     total = args.warmup + args.steps + 1  # +1: the FLOP-counting step
-    cfg = Config(model_class=name, dataset=task.name, pretrained_models="random", method=method, prec=1.0,
-                 steps=total, eval_steps=total, batch_size=args.batch_size, lr=1e-4, optimizer="adam",
-                 compile=args.compile, image_size=args.image_size, device=str(device), precision=precision)
     seed_everything(0)
     speed_settings(device, precision)
-    rows = torch.arange(n)
-    teachers = TeacherFeatures(["random"], [dict(train=psi)], rows, task.name, cfg.features_dir, 1.0, False) \
-        if get_method(method).uses_teacher else None
-    trainer = Trainer(cfg, task, rows, task.test, teachers, device, precision)
+    trainer = project_trainer(name, method, task, psi, total, args.batch_size, args.image_size, device, precision,
+                              compile=args.compile)
 
     # run.py's batch order, moved to the device before the timed window (run.py: once per epoch)
     per_epoch = n // min(args.batch_size, n)
@@ -121,7 +113,7 @@ def bench_project(args, name, method, task, psi, device, precision, peak):
     size = trainer.train_inputs.size
     record = dict(bench="train_step", pipeline="project", model=name, method=method, device=device.type,
                   precision=precision, compile=args.compile, batch_size=args.batch_size, image_size=size,
-                  teacher_dim=psi.shape[1] if teachers else 0, steps=args.steps, warmup_s=round(warmup_s, 2),
+                  teacher_dim=psi.shape[1] if trainer.psi is not None else 0, steps=args.steps, warmup_s=round(warmup_s, 2),
                   ms_per_step=round(1000 * seconds / args.steps, 3), gflops_per_step=round(step_flops / 1e9, 2),
                   loss_finite=finite, host_syncs_per_step=syncs, max_mem_gb=max_mem_gb(device))
     del trainer
@@ -139,19 +131,19 @@ def bench_upstream(args, name, task, psi, device, peak):
     dataset = UpstreamImages(task.train.inputs.permute(0, 2, 3, 1).numpy(), task.train.labels.numpy(), transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=0,
                                          drop_last=True)
-    cfg = Config(method="aft", learn_scales=True)
     model, _ = create_classifier(name, task.num_classes, pretrained=False)
     model = model.to(device).train()
-    reg = get_method("aft")(model.head.in_features, [psi.shape[1]], learn_scales=cfg.learn_scales,
-                            prior_lr=cfg.prior_lr).to(device)
+    aft = get_method("aft")
+    settings = aft.Settings(learn_scales=True)
+    reg = aft(model.head.in_features, [psi.shape[1]], settings).to(device)
     optimizer = torch.optim.Adam([{"params": model.parameters()},
-                                  {"params": reg.parameters(), "lr": cfg.prior_lr}], lr=1e-4)
+                                  {"params": reg.parameters(), "lr": settings.prior_lr}], lr=1e-4)
 
     def step(batch):
         x, y, i = batch
         x, y, t = x.to(device), y.to(device), psi[i].to(device)
         logits, phi = model(x)
-        loss = F.cross_entropy(logits, y) + cfg.prec * reg(phi, t)
+        loss = F.cross_entropy(logits, y) + 1.0 * reg(phi, t)  # beta 1, as the project's step
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

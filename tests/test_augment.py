@@ -5,6 +5,7 @@ take it or refuse it."""
 import itertools
 import math
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,11 +16,13 @@ from torchvision.transforms import InterpolationMode
 
 import aft.experiment
 import aft.inputs
-from aft.config import Config, check_config
+from aft.config import Config
 from aft.errors import UserError
 from aft.inputs import ImageInputs, color_jitter, resized_crop, sample_crops
 from aft.methods import METHODS, get_method
+from aft.plan import make_plan
 
+ASKED = SimpleNamespace(no_augment=False)  # settings asking for augmentation, of the methods that read them
 REFUSED = ("--no_augment=False: augmentation is only for --method=init (the paper's code asserts it); "
            "drop --no_augment or use --method=init")
 
@@ -165,15 +168,15 @@ def test_augmented_batches_are_random_and_reproducible():
 
 # ---- the runs --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", sorted(m for m in METHODS if not get_method(m).augments))
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if not get_method(m).augments(ASKED)))
 def test_no_augment_false_is_refused_unless_the_method_augments(method):
     with pytest.raises(UserError) as err:
-        check_config(Config(method=method, no_augment=False))
+        make_plan(Config(method=method, method_args={"no_augment": False}))
     assert str(err.value) == REFUSED
 
 
 def test_no_augment_false_is_accepted_with_init_on_text():
-    check_config(Config(method="init", no_augment=False))  # tweets: accepted, and changes nothing
+    make_plan(Config(method="init", method_args={"no_augment": False}))  # tweets: accepted, and changes nothing
 
 
 def test_init_trains_on_augmented_batches(tmp_path, monkeypatch):
@@ -188,9 +191,9 @@ def test_init_trains_on_augmented_batches(tmp_path, monkeypatch):
         return x
 
     monkeypatch.setattr(ImageInputs, "batch", recorded)
-    cfg = Config(dataset="digits", model_class="resnet10t", image_size=16, method="init", no_augment=False, steps=2,
+    cfg = Config(dataset="digits", model_class="resnet10t", image_size=16, method="init", method_args={"no_augment": False}, steps=2,
                  eval_steps=2, batch_size=8, pretrained_models="", out_dir=str(tmp_path / "results"),
                  features_dir=str(tmp_path / "features"))
     results = aft.experiment.run(cfg)
     assert calls == [True, True]  # both train steps augmented, each unlike the eval transform
-    assert math.isfinite(results["final_acc"])
+    assert math.isfinite(results.final_acc)

@@ -4,6 +4,7 @@ the files btune and ft read and write, and the scripts end to end."""
 import json
 import os
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -44,14 +45,19 @@ def started(name, student_dim, teacher_dims, cfg):
     """Method `name` as a run builds it: constructed, then started on the train rows of cfg's feature
     files (labels and the student's own features are never read by the methods built this way)."""
     from aft.datasets import train_eval_indices
-    from aft.teachers import Student, TeacherFeatures
-    reg = get_method(name)(student_dim, teacher_dims, learn_scales=cfg.learn_scales, prior_lr=cfg.prior_lr)
+    from aft.plan import method_settings
+    from aft.prepare import PREPARATIONS
+    from aft.teachers import TeacherFeatures
+    from aft.train import Student
+    cls = get_method(name)
+    reg = cls(student_dim, teacher_dims, method_settings(cfg, cls))
     caches = [torch.load(feature_path(cfg.features_dir, m, cfg.dataset), weights_only=True) for m in cfg.teacher_names]
     rows, _ = train_eval_indices(len(caches[0]["train"]), cfg.train_frac, cfg.use_val)
     teachers = TeacherFeatures(cfg.teacher_names, caches, rows, cfg.dataset, cfg.features_dir, cfg.train_frac,
                                cfg.use_val)
     student = Student(cfg.model_class, bool(cfg.init_model), lambda: pytest.fail("the student's features were read"))
-    reg.start(student, torch.zeros(len(rows), dtype=torch.long), teachers)
+    labels = torch.zeros(len(rows), dtype=torch.long)
+    reg.start(PREPARATIONS.get(cls.preparation).run(reg, student, labels, teachers) if cls.preparation else None)
     return reg
 
 
@@ -142,7 +148,7 @@ def test_aft_rbf_matches_reference(cfg):
     reg(phi_t, torch.tensor(psi, dtype=torch.float32)).backward()
     assert phi_t.grad.abs().sum() > 0 and reg.scales.grad.abs().sum() > 0
     group, = reg.param_groups()
-    assert group["lr"] == cfg.prior_lr and group["weight_decay"] == 0
+    assert group["lr"] == 1e-2 and group["weight_decay"] == 0  # 1e-2: --prior_lr's default
 
 
 def test_aft_dense_matches_reference(cfg):
@@ -158,7 +164,7 @@ def test_aft_dense_matches_reference(cfg):
     reg(phi_t, torch.tensor(psi, dtype=torch.float32)).backward()
     assert phi_t.grad.abs().sum() > 0 and reg.mix.grad.abs().sum() > 0
     group, = reg.param_groups()
-    assert group["params"] == [reg.mix] and group["lr"] == cfg.prior_lr and group["weight_decay"] == 0
+    assert group["params"] == [reg.mix] and group["lr"] == 1e-2 and group["weight_decay"] == 0  # 1e-2: --prior_lr's default
 
 
 def test_aft_no_kernel_matches_reference(cfg):
@@ -175,7 +181,7 @@ def test_aft_no_kernel_matches_reference(cfg):
     reg(phi_t, torch.tensor(psi, dtype=torch.float32)).backward()
     assert phi_t.grad.abs().sum() > 0 and reg.proj.weight.grad.abs().sum() > 0
     group, = reg.param_groups()
-    assert group["lr"] == cfg.prior_lr and group["weight_decay"] == 0
+    assert group["lr"] == 1e-2 and group["weight_decay"] == 0  # 1e-2: --prior_lr's default
 
 
 # ---- btune ------------------------------------------------------------------------------------
@@ -249,7 +255,9 @@ def test_btune_from_random_weights_fits_its_own_readout_at_the_start(cfg, tmp_pa
     """A student without pre-trained weights: M_s is LogME of its features as initialised, computed by
     the trainer before the first step (no file of the student is read)."""
     from aft.datasets import load_task, train_eval_indices
+    from aft.experiment import start
     from aft.logme import logme
+    from aft.plan import make_plan
     from aft.runtime import seed_everything
     from aft.teachers import TeacherFeatures
     from aft.train import Trainer
@@ -263,7 +271,9 @@ def test_btune_from_random_weights_fits_its_own_readout_at_the_start(cfg, tmp_pa
     seed_everything(0)
     cache = torch.load(feature_path(str(tmp_path), "t0", "digits"), weights_only=True)
     teachers = TeacherFeatures(["t0"], [cache], train_idx, "digits", str(tmp_path), cfg.train_frac, cfg.use_val)
-    trainer = Trainer(cfg, task, train_idx, task.test, teachers, torch.device("cpu"), "fp32")
+    plan = make_plan(replace(cfg, device="cpu", precision="fp32"))
+    trainer = Trainer(plan, task, train_idx, task.test, teachers)
+    start(trainer, plan, teachers)
     assert trainer.model.training  # back in train mode for the first step
     model = trainer.model.eval()
     with torch.no_grad():  # the student's features of the train rows, all in one batch
@@ -289,7 +299,7 @@ def test_ft_matches_reference_and_caches_its_autoencoder(cfg, tmp_path, monkeypa
     """The paper's factor transfer: one autoencoder per pre-trained model, factors concatenated, a
     translator d -> d -> D' -> D' whose last layer starts at zero, and R = mean over the batch of the
     SUM over factor dimensions of |T(phi)/||T(phi)|| - E(psi)/||E(psi)|||."""
-    from aft.methods import ft
+    from aft import prepare
     prepare_feature_files(tmp_path, cfg, 6, [4, 6])
     reg = started("ft", 6, [4, 6], cfg)
     out = capsys.readouterr().out
@@ -322,7 +332,7 @@ def test_ft_matches_reference_and_caches_its_autoencoder(cfg, tmp_path, monkeypa
     assert group["weight_decay"] == 0 and "lr" not in group  # the model's lr, no decay: the paper's
 
     # reused when it matches, whatever the run's seed
-    monkeypatch.setattr(ft, "train_autoencoder", lambda *a: pytest.fail("the cached autoencoder was not reused"))
+    monkeypatch.setattr(prepare, "train_autoencoder", lambda *a: pytest.fail("the cached autoencoder was not reused"))
     torch.manual_seed(123)
     again = started("ft", 6, [4, 6], cfg)
     assert all(torch.equal(a, b) for a, b in zip(again.encoders.state_dict().values(),
@@ -340,13 +350,13 @@ def test_ft_matches_reference_and_caches_its_autoencoder(cfg, tmp_path, monkeypa
 
 
 def test_ft_autoencoder_compresses(monkeypatch):
-    from aft.methods import ft
-    monkeypatch.setattr(ft, "AE_MAX_ROUNDS", 20)  # enough to show it learns; convergence takes longer
+    from aft import prepare
+    monkeypatch.setattr(prepare, "AE_MAX_ROUNDS", 20)  # enough to show it learns; convergence takes longer
     g = torch.Generator().manual_seed(0)
     x = torch.randn(200, 2, generator=g) @ torch.randn(2, 12, generator=g)  # rank 2 in 12 dims
-    encoder, mse = ft.train_autoencoder(x, 6, torch.device("cpu"))
+    encoder, mse = prepare.train_autoencoder(x, 6, torch.device("cpu"))
     assert mse < 0.1 * x.var().item()
-    assert F.mse_loss(encoder(x), ft.train_autoencoder(x, 6, torch.device("cpu"))[0](x)) == 0  # seeded: the same every time
+    assert F.mse_loss(encoder(x), prepare.train_autoencoder(x, 6, torch.device("cpu"))[0](x)) == 0  # seeded: the same every time
 
 
 # ---- linear_probe -----------------------------------------------------------------------------
@@ -365,9 +375,9 @@ def test_linear_probe_learns_from_the_features_alone(cfg, tmp_path):
     cfg.model_class, cfg.method, cfg.steps, cfg.eval_steps, cfg.lr, cfg.use_val = "resnet10t", "linear_probe", 60, 30, 0.1, True
     res = run(cfg)
     # the paper's split of 1437 rows: floor(0.9 n) + the one row left over, and floor(0.1 n)
-    assert res["eval_split"] == "val" and res["n_eval"] == 143 and res["n_train"] == 1294
-    assert [e["step"] for e in res["evals"]] == [30, 60] and res["final_acc"] > 0.95
-    assert json.load(open(tmp_path / "res" / f"{res['run_name']}.json"))["final_acc"] == res["final_acc"]
+    assert res.eval_split == "val" and res.n_eval == 143 and res.n_train == 1294
+    assert [e["step"] for e in res.evals] == [30, 60] and res.final_acc > 0.95
+    assert json.load(open(tmp_path / "res" / f"{res.run_name}.json"))["final_acc"] == res.final_acc
 
 
 # ---- logme.py and run.py end to end -------------------------------------------------------------

@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import aft.extract
-from aft.config import Config, check_config
+import aft.teachers
+from aft.config import Config
 from aft.datasets import DATASETS, check_train_rows, dataset_entry, load_task, train_eval_indices
 from aft.errors import UserError, first_line
 from aft.features import feature_path, make_meta, read_features, write_features
+from aft.plan import make_plan
 from tests.test_cli import cli
 from tests.test_reliability import error_line
 
@@ -35,7 +36,7 @@ def test_image_student_on_a_text_dataset_fails_before_anything_loads(tmp_path, m
         raise AssertionError("the dataset was loaded")
 
     monkeypatch.setattr(aft.experiment, "load_task", no_loading)
-    monkeypatch.setattr(aft.extract, "extract_to_cache", no_extraction)
+    monkeypatch.setattr(aft.teachers, "extract_to_cache", no_extraction)
     cfg = Config(model_class="resnet10t", features_dir=str(tmp_path / "features"), out_dir=str(tmp_path / "results"))
     with pytest.raises(UserError) as e:
         aft.experiment.run(cfg)
@@ -43,7 +44,7 @@ def test_image_student_on_a_text_dataset_fails_before_anything_loads(tmp_path, m
     assert not os.path.exists(tmp_path / "features") and not os.path.exists(tmp_path / "results")
     # A linear probe has no downstream model: only its teachers are checked.
     cfg.method = "linear_probe"
-    check_config(cfg)
+    make_plan(cfg)
 
 
 def test_image_teacher_on_a_text_dataset_fails_before_anything_loads(tmp_path):
@@ -59,11 +60,11 @@ def test_a_cached_teacher_is_not_resolved_again(tmp_path):
     cfg = Config(dataset="digits", model_class="resnet10t", pretrained_models="made_elsewhere",
                  features_dir=str(tmp_path))
     with pytest.raises(UserError, match="unknown model 'made_elsewhere'"):
-        check_config(cfg)
+        make_plan(cfg)
     train, test = torch.randn(3, 2), torch.randn(2, 2)
     write_features(feature_path(str(tmp_path), "made_elsewhere", "digits"), train, test,
                    make_meta("made_elsewhere", "digits", train, test))
-    check_config(cfg)
+    make_plan(cfg)
 
 
 def test_the_registry_knows_each_modality_without_loading():
@@ -113,7 +114,7 @@ def test_images_enlarged_more_than_4x_are_warned_about(cfg, capsys):
     for image_size, warning in ((0, "warning: resnet18 enlarges the 8 px images 28x, to 224 px; a smaller "
                                     "--image_size (e.g. --image_size=32) avoids that\n"), (16, "")):
         cfg.image_size = image_size
-        trainer = Trainer(cfg, task, train_idx, task.test, None, torch.device("cpu"), "fp32")
+        trainer = Trainer(make_plan(cfg), task, train_idx, task.test, None)
         assert trainer.train_inputs.size == (image_size or 224)
         assert capsys.readouterr().err == warning  # a diagnostic: stderr, so stdout stays the tool's output
 
@@ -133,11 +134,11 @@ def teachers_of(folder, **flags):
     task = load_task("digits")
     cfg = Config(dataset="digits", model_class="resnet10t", pretrained_models="efficientnet_lite2",
                  features_dir=str(folder), **flags)
-    return load_teachers(cfg, task, torch.arange(len(task.train)), None, torch.device("cpu"))
+    return load_teachers(make_plan(cfg), task, torch.arange(len(task.train)), None)
 
 
 def test_cache_made_at_another_size_is_refused_and_kept(tmp_path, monkeypatch):
-    monkeypatch.setattr(aft.extract, "extract_to_cache", no_extraction)
+    monkeypatch.setattr(aft.teachers, "extract_to_cache", no_extraction)
     path = write_teacher_cache(tmp_path, modality="image", image_size=32)
     before = open(path, "rb").read()
     with pytest.raises(UserError) as e:
@@ -166,11 +167,11 @@ def test_old_and_text_caches_are_read_at_the_models_own_size(tmp_path):
 def test_missing_cache_is_computed_at_the_teachers_size_not_the_students(tmp_path, monkeypatch):
     sizes = []
 
-    def record(name, task, path, batch_size, device, precision="auto", image_size=None, world=None):
+    def record(spec, task, path, batch_size, device, precision="auto", image_size=None, world=None):
         sizes.append(image_size)
         write_teacher_cache(tmp_path, modality="image", image_size=image_size or 0)
 
-    monkeypatch.setattr(aft.extract, "extract_to_cache", record)
+    monkeypatch.setattr(aft.teachers, "extract_to_cache", record)
     teachers_of(tmp_path, image_size=16)
     assert sizes == [None]  # None: the model's own
 
@@ -190,7 +191,7 @@ def test_teacher_image_size_makes_and_checks_that_size(tmp_path, monkeypatch, ca
     with torch.no_grad():
         expected = body.eval()(x)
     assert torch.allclose(teachers.train[0][:4], expected, atol=1e-4, rtol=1e-4)
-    monkeypatch.setattr(aft.extract, "extract_to_cache", no_extraction)
+    monkeypatch.setattr(aft.teachers, "extract_to_cache", no_extraction)
     assert torch.equal(teachers_of(tmp_path, teacher_image_size=16).train[0], teachers.train[0])
     with pytest.raises(UserError, match="holds features of images at 16 px"):
         teachers_of(tmp_path)

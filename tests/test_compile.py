@@ -15,7 +15,7 @@ def test_compiled_text_run_matches_eager(tmp_path, monkeypatch, demo_features):
     def demo(compile):
         return run(Config(steps=6, eval_steps=3, train_frac=0.02, use_val=True, compile=compile,
                           features_dir=str(demo_features), out_dir=str(tmp_path / "results"),
-                          run_name=f"compile_{compile}"))["evals"]
+                          run_name=f"compile_{compile}")).evals
 
     eager = demo(False)
     counters.clear()

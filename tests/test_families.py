@@ -448,7 +448,7 @@ def test_clip_student_trains_on_snli_ve(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     res = run(Config(model_class="CLIP", dataset="snli-ve", data_dir="data", method="aft", steps=2, eval_steps=2,
                      batch_size=2, pretrained_models="efficientnet_lite2,all-MiniLM-L6-v2", run_name="clip"))
-    assert res["n_train"] == 5 and res["n_eval"] == 3 and [e["step"] for e in res["evals"]] == [2]
+    assert res.n_train == 5 and res.n_eval == 3 and [e["step"] for e in res.evals] == [2]
     dims = [torch.load(tmp_path / "features" / f"{m}_snli-ve.pt", weights_only=True)["train"].shape
             for m in ("efficientnet_lite2", "all-MiniLM-L6-v2")]
     assert dims == [(5, 1280), (5, 384)]

@@ -14,10 +14,11 @@ from dataclasses import fields, replace
 
 import pytest
 
-from aft.config import BOUNDS, Config, check_config
+from aft.config import BOUNDS, Config
 from aft.datasets import DATASETS
 from aft.errors import UserError
-from aft.methods import METHODS
+from aft.methods import METHODS, hyperparameters
+from aft.plan import make_plan
 from tests.conftest import ROOT
 from tests.test_cli import cli
 from tests.test_reliability import STUDENT, error_line
@@ -74,19 +75,29 @@ def test_bad_flag_is_one_line_before_anything_loads(bad_runs, case):
     assert os.listdir(folder) == []  # no features/, results/ or anything else
 
 
+HYPER_BOUNDS = {f.name: f.metadata["bound"] for f in hyperparameters() if f.metadata["bound"]}
+
+
 def test_every_numeric_flag_has_a_bound():
     numeric = {f.name for f in fields(Config) if type(f.default) in (int, float)}
     assert numeric == set(BOUNDS)
+    assert {f.name for f in hyperparameters() if type(f.default) in (int, float)} == set(HYPER_BOUNDS) != set()
 
 
-@pytest.mark.parametrize("flag", sorted(BOUNDS))
+@pytest.mark.parametrize("flag", sorted(BOUNDS) + sorted(HYPER_BOUNDS))
 def test_bounds_hold_from_python(flag):
-    """aft.experiment.run checks them first: a value just outside each bound, as Python gives it."""
-    cfg = Config()
-    outside, phrase = {"> 0": (0, "> 0"), ">= 0": (-1, ">= 0"), "(0, 1]": (0, "in (0, 1]")}[BOUNDS[flag]]
-    value = type(getattr(cfg, flag))(outside)
+    """aft.experiment.run checks them first (aft.plan): a value just outside each bound, as Python
+    gives it, of a flag of the run or of a method's hyperparameter."""
+    bound = BOUNDS.get(flag) or HYPER_BOUNDS[flag]
+    outside, phrase = {"> 0": (0, "> 0"), ">= 0": (-1, ">= 0"), "(0, 1]": (0, "in (0, 1]")}[bound]
+    if flag in BOUNDS:
+        value = type(getattr(Config(), flag))(outside)
+        cfg = replace(Config(), **{flag: value})
+    else:
+        value = type(next(f.default for f in hyperparameters() if f.name == flag))(outside)
+        cfg = Config(method_args={flag: value})
     with pytest.raises(UserError) as err:
-        check_config(replace(cfg, **{flag: value}))
+        make_plan(cfg)
     assert str(err.value).startswith(f"--{flag}={value} must be {phrase}")
 
 

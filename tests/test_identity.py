@@ -15,11 +15,12 @@ import timm
 import torch
 import transformers
 
-from aft.config import BOOKKEEPING, Config, default_run_name, result_identity
+from aft.config import BOOKKEEPING, Config
+from aft.identity import default_run_name, result_identity
 from aft.errors import UserError
 from aft.experiment import run
 from aft.features import make_meta, write_features
-from aft.loop import git_state
+from aft.record import git_state
 from tests.conftest import ROOT
 from tests.test_cli import cli
 from tests.test_reliability import error_line
@@ -40,7 +41,9 @@ RUN = ["--dataset=digits", "--model_class=resnet10t", "--image_size=16", "--meth
 
 def test_default_name_is_the_readable_part_and_a_hash_of_every_setting():
     cfg = tiny(eval_steps=1, use_val=True, out_dir="elsewhere", compile=True, skip_done=True)
-    identity = {k: v for k, v in asdict(cfg).items() if k not in BOOKKEEPING}
+    # every flag but the bookkeeping ones, the methods' hyperparameters at their defaults among them
+    identity = {k: v for k, v in asdict(cfg).items() if k not in BOOKKEEPING | {"method_args"}}
+    identity.update(learn_scales=True, prior_lr=0.01, no_augment=True)
     assert result_identity(cfg) == identity and "steps" in identity and "out_dir" not in identity
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     assert default_run_name(cfg) == f"digits_resnet10t_init_prec0_lr0.001_seed0_val_{digest}"
@@ -60,13 +63,13 @@ def test_default_name_is_the_readable_part_and_a_hash_of_every_setting():
 def test_runs_differing_in_one_flag_keep_both_results(tmp_path, flag, first, second, common):
     """The user's report: a 4-step run replaced a 50-step run's results file of the same name."""
     a = run(tiny(**common, **{flag: first}, out_dir=str(tmp_path)))
-    path_a = tmp_path / f"{a['run_name']}.json"
+    path_a = tmp_path / f"{a.run_name}.json"
     kept = path_a.read_bytes()
     b = run(tiny(**common, **{flag: second}, out_dir=str(tmp_path)))
-    assert a["run_name"] != b["run_name"]
+    assert a.run_name != b.run_name
     assert path_a.read_bytes() == kept
     assert json.loads(kept)["config"][flag] == first
-    assert json.load(open(tmp_path / f"{b['run_name']}.json"))["config"][flag] == second
+    assert json.load(open(tmp_path / f"{b.run_name}.json"))["config"][flag] == second
     assert len(list(tmp_path.glob("*.json"))) == 2
 
 

@@ -16,7 +16,7 @@ import aft.experiment
 from aft.config import Config
 from aft.datasets import DATASETS, DatasetEntry, Split, Task, load_task
 from aft.features import feature_path, make_meta, write_features
-from aft.loop import cosine_schedule
+from aft.optim import cosine_schedule
 from aft.train import Trainer
 
 STUDENT = dict(model_class="test_vit", image_size=16, batch_size=32, lr=1e-3)
@@ -54,11 +54,11 @@ def test_student_from_random_weights_learns_digits(run, tmp_path):
     results, _ = run(dataset="digits", method="init", steps=200, eval_steps=100)
     labels = load_task("digits").test.labels
     chance = labels.bincount().max().item() / len(labels)  # the most frequent class, always guessed
-    assert results["n_eval"] == 360 and chance < 0.11
-    assert [e["step"] for e in results["evals"]] == [100, 200]
-    assert results["final_acc"] > 0.9
-    saved = json.load(open(tmp_path / "results" / f"{results['run_name']}.json"))
-    assert saved["final_acc"] == results["final_acc"]
+    assert results.n_eval == 360 and chance < 0.11
+    assert [e["step"] for e in results.evals] == [100, 200]
+    assert results.final_acc > 0.9
+    saved = json.load(open(tmp_path / "results" / f"{results.run_name}.json"))
+    assert saved["final_acc"] == results.final_acc
 
 
 def mlp_teacher_features(task):
@@ -98,8 +98,8 @@ def test_aft_beats_standard_training_with_an_informed_teacher_and_few_labels(run
     for seed in range(5):
         init, _ = run(method="init", seed=seed, **common)
         transfer, _ = run(method="aft", prec=3.0, seed=seed, **common)
-        assert init["n_train"] == transfer["n_train"] == 72
-        gaps.append(transfer["final_acc"] - init["final_acc"])
+        assert init.n_train == transfer.n_train == 72
+        gaps.append(transfer.final_acc - init.final_acc)
     assert sum(gaps) / len(gaps) > 0.05 and min(gaps) > 0, gaps
 
 
@@ -121,7 +121,7 @@ def make_tiny_task():
 def tiny_task(monkeypatch):
     """make_tiny_task() registered as dataset `tiny` for the test."""
     task = make_tiny_task()
-    monkeypatch.setitem(DATASETS, "tiny", DatasetEntry("tiny", "image", lambda data_dir, decode_size: task))
+    monkeypatch.setitem(DATASETS.entries, "tiny", DatasetEntry("tiny", "image", lambda data_dir, decode_size: task))
     return task
 
 
@@ -181,7 +181,7 @@ def test_step_multiplier_runs_four_times_the_steps(run, tiny_task, monkeypatch):
 
     results, trainer = run(dataset="tiny", method="init", steps=5, eval_steps=5, batch_size=16)
     assert trainer.steps == 20 and len(lrs) == 20
-    assert results["steps"] == 20 and results["config"]["steps"] == 5
-    assert [e["step"] for e in results["evals"]] == [5, 10, 15, 20]
+    assert results.steps == 20 and results.config["steps"] == 5
+    assert [e["step"] for e in results.evals] == [5, 10, 15, 20]
     assert lrs == pytest.approx([cosine(STUDENT["lr"], k, 20) for k in range(20)], rel=1e-12)
     assert trainer.optimizer.param_groups[0]["lr"] == 0.0  # the schedule ends with the run

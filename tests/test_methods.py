@@ -47,11 +47,12 @@ def test_aft_gradients_reach_model_and_scales(cfg):
     assert net.weight.grad.abs().sum() > 0
     assert reg.scales.grad.abs().sum() > 0
     groups = reg.param_groups()
-    assert groups[0]["lr"] == cfg.prior_lr and groups[0]["weight_decay"] == 0
+    assert groups[0]["lr"] == 1e-2 and groups[0]["weight_decay"] == 0  # 1e-2: --prior_lr's default
 
 
 def test_aft_fixed_scales():
-    reg = get_method("aft")(7, [9], learn_scales=False)
+    aft = get_method("aft")
+    reg = aft(7, [9], aft.Settings(learn_scales=False))
     assert not reg.scales.requires_grad and reg.param_groups() == []
     phi = torch.randn(16, 7, requires_grad=True)
     reg(phi, torch.randn(16, 9)).backward()
@@ -105,6 +106,7 @@ def test_regulariser_weights_get_no_weight_decay(cfg, tmp_path):
     Trainer builds."""
     from aft.datasets import load_task, train_eval_indices
     from aft.features import make_meta, write_features
+    from aft.plan import make_plan
     from aft.teachers import load_teachers
     from aft.train import Trainer
     task = load_task("digits")
@@ -114,15 +116,17 @@ def test_regulariser_weights_get_no_weight_decay(cfg, tmp_path):
     cfg.dataset, cfg.model_class, cfg.image_size, cfg.pretrained_models = "digits", "resnet10t", 8, "t"
     cfg.features_dir, cfg.method, cfg.wd, cfg.optimizer = str(tmp_path), "kd", 0.5, "sgd"
     rows, _ = train_eval_indices(len(task.train), 0.1, False)
-    teachers = load_teachers(cfg, task, rows, None, torch.device("cpu"))
-    trainer = Trainer(cfg, task, rows, task.test, teachers, torch.device("cpu"), "fp32")
+    plan = make_plan(cfg)
+    teachers = load_teachers(plan, task, rows, None)
+    trainer = Trainer(plan, task, rows, task.test, teachers)
     model_group, kd_group = trainer.optimizer.param_groups
     assert model_group["weight_decay"] == 0.5 and kd_group["weight_decay"] == 0
     assert {id(p) for p in kd_group["params"]} == {id(p) for p in trainer.method.parameters()}
 
 
 def test_aft_dense_map_is_fixed_without_learn_scales():
-    fixed = get_method("aft_dense")(4, [6], learn_scales=False)
+    dense = get_method("aft_dense")
+    fixed = dense(4, [6], dense.Settings(learn_scales=False))
     assert not fixed.mix.requires_grad and fixed.param_groups() == []
     learned = get_method("aft_dense")(4, [6])
     group, = learned.param_groups()

@@ -123,7 +123,7 @@ def test_logme_loop_stops_at_the_missing_data(shell):
 def test_unknown_model_lists_the_valid_ones(shell):
     proc = shell("python save_features.py --model_class=vit_tiny_cifar --dataset=digits")
     line = one_line_error(proc)
-    assert "unknown model 'vit_tiny_cifar'; valid:" in line
+    assert "unknown model 'vit_tiny_cifar'; valid models:" in line
     for name in ("vit_giant_patch14_dinov2.lvd142m", "google/flan-t5-small", "meta-llama/Llama-2-7b-chat-hf", "CLIP"):
         assert name in line
 
@@ -146,8 +146,9 @@ def paper_config(**overrides):
     from aft.config import Config
     values = dict(seed=0, model_class="vit_small_patch16_224.augreg_in1k", init_model="vit_small_patch16_224.augreg_in1k",
                   dataset="cifar10", pretrained_models="vit_giant_patch14_dinov2.lvd142m,vit_giant_patch14_clip_224.laion2b",
-                  train_frac=1.0, use_val=False, method="aft", prec=10.0, learn_scales=True, steps=5000, eval_steps=500,
-                  optimizer="adam", batch_size=128, lr=1e-4, wd=0.0, no_augment=True, use_wandb=False)
+                  train_frac=1.0, use_val=False, method="aft", prec=10.0, steps=5000, eval_steps=500, optimizer="adam",
+                  batch_size=128, lr=1e-4, wd=0.0, use_wandb=False,
+                  method_args=dict(learn_scales=True, no_augment=True))
     values.update(overrides)
     return Config(**values)
 

@@ -400,19 +400,18 @@ def test_pictures_are_decoded_at_the_side_the_runs_largest_model_needs(monkeypat
     one reads nothing); AFT_IMAGE_SIZE overrides it; a run that reads no pictures gets the default."""
     from aft.config import Config
     from aft.datasets.decode import DEFAULT_DECODE_SIZE
-    from aft.experiment import pictures_side
-    from aft.methods import get_method
+    from aft.plan import make_plan
     monkeypatch.delenv("AFT_IMAGE_SIZE", raising=False)
 
-    def side(method="aft", **kw):
-        return pictures_side(Config(dataset="flowers", features_dir="/nonexistent", **kw), get_method(method))
+    def side(method="aft", dataset="flowers", **kw):
+        return make_plan(Config(dataset=dataset, features_dir="/nonexistent", method=method, **kw)).decode_size
 
     vit_s, dinov2_g = "vit_small_patch16_224.augreg_in1k", "vit_giant_patch14_dinov2.lvd142m"
     assert side(model_class=vit_s, pretrained_models="", method="init") == 248  # 224 / 0.9
     assert side(model_class=vit_s, pretrained_models=dinov2_g) == 518  # DINOv2's 518 at crop 1.0
     assert side(model_class=vit_s, image_size=112, pretrained_models="", method="init") == 124
     assert side(method="linear_probe", pretrained_models=dinov2_g, teacher_image_size=224) == 224
-    assert side(model_class="tiny_bert", pretrained_models="all-MiniLM-L6-v2") == DEFAULT_DECODE_SIZE
+    assert side(dataset="tweets", model_class="tiny_bert", pretrained_models="all-MiniLM-L6-v2") == DEFAULT_DECODE_SIZE
     monkeypatch.setenv("AFT_IMAGE_SIZE", "300")
     assert side(model_class=vit_s, pretrained_models=dinov2_g) == 300
     monkeypatch.setenv("AFT_IMAGE_SIZE", "big")

@@ -161,19 +161,21 @@ SNLI = dict(dataset="snli-ve", pretrained_models="efficientnet_lite2,all-MiniLM-
     (dict(model_class="resnet10t", method="aft", pretrained_models="CLIP"), "CLIP can only be the downstream model"),
 ])
 def test_what_has_no_tensor_product_form_is_refused_before_any_work(tmp_path, overrides, message):
-    from aft.config import Config, check_config
+    from aft.config import Config
     from aft.errors import UserError
+    from aft.plan import make_plan
     cfg = Config(**{**SNLI, "features_dir": str(tmp_path), **overrides})
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
-        check_config(cfg)
+        make_plan(cfg)
     assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("overrides", [dict(model_class="CLIP", method="kd"), dict(model_class="CLIP", method="rkd"),
                                        dict(model_class="resnet10t", method="btune"), dict(method="linear_probe")])
 def test_what_has_one_passes(tmp_path, overrides):
-    from aft.config import Config, check_config
-    check_config(Config(**{**SNLI, "features_dir": str(tmp_path), **overrides}))
+    from aft.config import Config
+    from aft.plan import make_plan
+    make_plan(Config(**{**SNLI, "features_dir": str(tmp_path), **overrides}))
 
 
 def test_linear_probe_on_snli_ve_is_linear_in_the_product(tmp_path, monkeypatch):
@@ -186,6 +188,6 @@ def test_linear_probe_on_snli_ve_is_linear_in_the_product(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     res = run(Config(**SNLI, data_dir="data", method="linear_probe", steps=2, eval_steps=2, batch_size=2,
                      teacher_image_size=32, ckpt_dir="ckpt", run_name="probe"))
-    assert res["n_train"] == 5 and 0 <= res["final_acc"] <= 1 and res["decoded_size"] == 32
+    assert res.n_train == 5 and 0 <= res.final_acc <= 1 and res.decoded_size == 32
     state = torch.load(tmp_path / "ckpt" / "probe.pt", weights_only=True)
     assert state["model"]["linear.weight"].shape == (3, 1280, 384)

@@ -47,7 +47,7 @@ def error_line(proc):
     ("run.py", ["--steps=0"], "--steps=0 must be > 0"),
     ("run.py", ["--batch_size=-4"], "--batch_size=-4 must be > 0"),
     ("run.py", ["--resume=True"], "--resume needs --ckpt_dir"),
-    ("run.py", ["--method=init", "--model_class=nope"], "unknown model 'nope'; valid: the embedded models "
+    ("run.py", ["--method=init", "--model_class=nope"], "unknown model 'nope'; valid models: the embedded models "
                                                         "all-MiniLM-L6-v2, tiny_bert, efficientnet_lite2"),
     ("save_features.py", ["--batch_size=0"], "--batch_size=0 must be > 0"),
 ])

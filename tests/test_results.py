@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from aft.record import RunRecord
 from aft.results import headline, load_results, markdown, summarise
 from tests.conftest import ROOT
 from tests.test_cli import result_file
@@ -16,18 +17,18 @@ from tests.test_cli import result_file
 
 def write_result(folder, dataset, method, prec, seed, acc, use_val=False, model="resnet10t", lr=1e-3,
                  pretrained="vit_g", **cfg):
-    """A results JSON as aft.experiment.run writes it (only the fields the summariser reads matter)."""
+    """A results record as aft.experiment.run writes it (the summariser reads its config and accuracy)."""
     config = dict(seed=seed, model_class=model, init_model="", dataset=dataset, pretrained_models=pretrained,
                   train_frac=1.0, use_val=use_val, method=method, prec=prec, learn_scales=True, prior_lr=1e-2,
                   steps=100, eval_steps=50, optimizer="adam", batch_size=32, lr=lr, wd=0.0, no_augment=True,
                   use_wandb=False, run_name="", ckpt_dir="", out_dir=str(folder), device="auto") | cfg
     name = f"{dataset}_{model}_{method}_prec{prec:g}_lr{lr:g}_seed{seed}" + ("_val" if use_val else "") + \
         "".join(f"_{k}{v}" for k, v in cfg.items())
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, f"{name}.json"), "w") as f:
-        json.dump(dict(run_name=name, config=config, eval_split="val" if use_val else "test", steps=100,
-                       evals=[dict(step=50, loss=1.0, ce=1.0, reg=0.0, acc=acc / 2), dict(step=100, loss=0.5,
-                              ce=0.5, reg=0.0, acc=acc)], final_acc=acc), f)
+    RunRecord(run_name=name, config=config, eval_split="val" if use_val else "test", steps=100, n_train=90,
+              n_eval=10, evals=[dict(step=50, loss=1.0, ce=1.0, reg=0.0, acc=acc / 2),
+                                dict(step=100, loss=0.5, ce=0.5, reg=0.0, acc=acc)],
+              final_acc=acc, device="cpu", precision="fp32", world_size=1, decoded_size=0,
+              seconds=1.0).write(os.path.join(folder, f"{name}.json"))
 
 
 # accuracies by (dataset, method, beta, split) over seeds 0, 1, 2

@@ -98,7 +98,8 @@ def test_hub_style_folders_give_encode(bert, data, tmp_path, modes, normalize, m
     truncated at max_seq_length (8 and 6 tokens cut most of these texts)."""
     folder = hub_style_folder(bert, tmp_path / "st", modes, normalize, max_seq_length)
     task = load_task("sst2", data)
-    cache = extract_to_cache(folder, task, str(tmp_path / "features.pt"), batch_size=4, device=torch.device("cpu"))
+    cache = extract_to_cache(resolve_model(folder), task, str(tmp_path / "features.pt"), batch_size=4,
+                             device=torch.device("cpu"))
     for split in ("train", "test"):
         texts = getattr(task, split).inputs
         torch.testing.assert_close(cache[split], encode(folder, texts), **TOL)

@@ -9,7 +9,6 @@ from aft.datasets.base import (DATASETS, VAL_FRAC, VAL_SPLIT_SEED, DatasetEntry,
                                register_dataset, subset_suffix, tensor_product, train_eval_indices)
 from aft.datasets import embedded, hf_text, snli_ve, torchvision_sets  # noqa: F401  (they register their sets)
 from aft.datasets.decode import decode_size as default_decode_size
-from aft.errors import UserError
 
 __all__ = ["Split", "Task", "DATASETS", "DatasetEntry", "register_dataset", "dataset_entry", "load_task",
            "train_eval_indices", "check_train_rows", "subset_suffix", "tensor_product", "VAL_SPLIT_SEED", "VAL_FRAC"]
@@ -17,9 +16,7 @@ __all__ = ["Split", "Task", "DATASETS", "DatasetEntry", "register_dataset", "dat
 
 def dataset_entry(name):
     """The registry's entry of dataset `name` (its name, modality and loader), without loading it."""
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; valid datasets: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]
+    return DATASETS.get(name)
 
 
 def load_task(name, data_dir=None, decode_size=None):

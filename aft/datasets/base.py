@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from aft.errors import UserError
+from aft.registry import Registry
 
 VAL_SPLIT_SEED = 42  # the paper's fixed seed for the 10% validation hold-out
 VAL_FRAC = 0.1
@@ -52,7 +53,7 @@ class DatasetEntry:
     load: object  # load(data_dir, decode_size) -> Task; decode_size: side of the squares pictures of varying size become
 
 
-DATASETS = {}  # name -> DatasetEntry
+DATASETS = Registry("dataset")  # name -> DatasetEntry
 
 
 def tensor_product(modality):
@@ -64,7 +65,7 @@ def tensor_product(modality):
 
 def register_dataset(name, modality):
     def wrap(fn):
-        DATASETS[name] = DatasetEntry(name, modality, fn)
+        DATASETS.register(name, DatasetEntry(name, modality, fn))
         return fn
     return wrap
 

@@ -10,12 +10,26 @@ On a dataset whose models' features combine as a tensor product (SNLI-VE), psi' 
 of the per-model scaled features, and a product student's phi (CLIP's) likewise, as in the paper's
 code; their kernels come from the factors' Gram matrices (aft.product), never from the written-out rows.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from aft.methods.base import Regularizer, register_method
+from aft.methods.base import Regularizer, hyperparameter, register_method
 from aft.product import Product
+
+
+def prior_lr_field():
+    """The learning rate of learned teacher-side weights (AFT's scales, its ablations' maps)."""
+    return hyperparameter(1e-2, "learning rate of AFT's scales", bound="> 0", paper=True)
+
+
+@dataclass(frozen=True)
+class PriorSettings:
+    """AFT's hyperparameters, shared by the ablations that learn teacher-side weights."""
+    learn_scales: bool = hyperparameter(True, "AFT learns its per-feature scales (False: fixed at 1/2)", paper=True)
+    prior_lr: float = prior_lr_field()
 
 
 def normalized_kernel(x):
@@ -41,13 +55,14 @@ def kernel_distance(k_student, k_teacher):
 
 @register_method("aft")
 class AdaptiveFeatureTransfer(Regularizer):
+    Settings = PriorSettings
     tensor_product = "product"
     product_student = True
 
-    def __init__(self, student_dim, teacher_dims, learn_scales=True, prior_lr=1e-2):
-        super().__init__(student_dim, teacher_dims, learn_scales, prior_lr)
+    def __init__(self, student_dim, teacher_dims, settings=None):
+        super().__init__(student_dim, teacher_dims, settings)
         # s = 0: every teacher feature starts at weight sigmoid(0) = 1/2
-        self.scales = nn.Parameter(torch.zeros(sum(teacher_dims)), requires_grad=learn_scales)
+        self.scales = nn.Parameter(torch.zeros(sum(teacher_dims)), requires_grad=self.settings.learn_scales)
 
     def param_groups(self):
         return self.prior_groups(self.scales)

@@ -9,15 +9,17 @@ import torch
 import torch.nn as nn
 
 from aft.methods.base import Regularizer, register_method
-from aft.methods.aft import kernel_distance, normalized_kernel
+from aft.methods.aft import PriorSettings, kernel_distance, normalized_kernel
 
 
 @register_method("aft_dense")
 class DenseFeatureTransfer(Regularizer):
-    def __init__(self, student_dim, teacher_dims, learn_scales=True, prior_lr=1e-2):
-        super().__init__(student_dim, teacher_dims, learn_scales, prior_lr)
+    Settings = PriorSettings
+
+    def __init__(self, student_dim, teacher_dims, settings=None):
+        super().__init__(student_dim, teacher_dims, settings)
         dim = sum(teacher_dims)
-        self.mix = nn.Parameter(torch.randn(dim, dim) / math.sqrt(dim), requires_grad=learn_scales)
+        self.mix = nn.Parameter(torch.randn(dim, dim) / math.sqrt(dim), requires_grad=self.settings.learn_scales)
 
     def param_groups(self):
         return self.prior_groups(self.mix)

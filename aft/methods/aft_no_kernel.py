@@ -3,9 +3,18 @@ R = mean((phi_c - (psi W)_c)^2), W: D -> d learned (lr `prior_lr`, no weight dec
 scales, as in the paper's code), _c centred over the batch. Unlike `kd` the map goes from the
 teachers to the student: phi is pulled towards a learned linear function of psi. It has no
 tensor-product form (SNLI-VE): the paper's code refuses it there."""
+from dataclasses import dataclass
+
 import torch.nn as nn
 
+from aft.methods.aft import prior_lr_field
 from aft.methods.base import Regularizer, register_method
+
+
+@dataclass(frozen=True)
+class NoKernelSettings:
+    """W is always learned (there is no --learn_scales here), at AFT's prior_lr."""
+    prior_lr: float = prior_lr_field()
 
 
 def centred(x):
@@ -14,8 +23,10 @@ def centred(x):
 
 @register_method("aft_no_kernel")
 class NoKernelFeatureTransfer(Regularizer):
-    def __init__(self, student_dim, teacher_dims, learn_scales=True, prior_lr=1e-2):
-        super().__init__(student_dim, teacher_dims, learn_scales, prior_lr)
+    Settings = NoKernelSettings
+
+    def __init__(self, student_dim, teacher_dims, settings=None):
+        super().__init__(student_dim, teacher_dims, settings)
         self.proj = nn.Linear(sum(teacher_dims), student_dim, bias=False)  # a bias cancels in the centring
 
     def param_groups(self):

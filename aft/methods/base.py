@@ -1,30 +1,77 @@
 """The interface every transfer method implements, and the registry that finds one by name.
 
 A method is an nn.Module regulariser R with `forward(student_feat, teacher_feat) -> scalar`,
-trained as CE + beta * R. Every method takes the same constructor arguments,
-`(student_dim, teacher_dims, learn_scales=True, prior_lr=1e-2)`: `teacher_dims` lists the width of
-each pre-trained model's features (their concatenation is `teacher_feat`, or, where the method's
-`tensor_product` fact says so, their tensor product, an aft.product.Product); `student_dim` is the
-width of phi, or the list of its factors' widths for a product student (CLIP); the last two matter
-only to methods with learned teacher-side weights. What a method needs from the run beyond that (the
-student's starting features, the labels, the teachers' cached features) it gets in `start()`, from
-the run that already has them. Its facts are class attributes, so the loop, the checks and the
+trained as CE + beta * R, built as `Method(student_dim, teacher_dims, settings)`: `teacher_dims`
+lists the width of each pre-trained model's features (their concatenation is `teacher_feat`, or,
+where the method's `tensor_product` fact says so, their tensor product, an aft.product.Product);
+`student_dim` is the width of phi, or the list of its factors' widths for a product student (CLIP);
+`settings` is an instance of the method's `Settings`, the dataclass of its own hyperparameters.
+
+A method's module holds its maths and nothing else: no files, no printing, no training of other
+networks. What it needs computed before the first step (B-Tuning's LogME weights, factor transfer's
+autoencoders) it names as its `preparation` (aft.prepare runs it, and caches what can be cached) and
+receives in `start(prepared)`. Its facts are class attributes, so the loop, the checks and the
 results table ask the method rather than test its name.
+
+A hyperparameter is a field of `Settings` made with `hyperparameter(default, help, bound)`: the
+scripts make a flag of it, check its bound before any work, and the results table tells runs apart
+by it; adding one touches only the method's module.
 """
+import dataclasses
+
 import torch.nn as nn
 
 from aft.datasets.base import tensor_product
 from aft.errors import UserError
+from aft.registry import Registry
 
-METHODS = {}
+METHODS = Registry("method")
 
 
 def register_method(name):
     def wrap(cls):
-        METHODS[name] = cls
+        METHODS.register(name, cls)
         cls.name = name
+        check_shared_hyperparameters()
         return cls
     return wrap
+
+
+def get_method(name):
+    return METHODS.get(name)
+
+
+def hyperparameter(default, help, bound=None, paper=False, refused_elsewhere=None):
+    """A field of a method's Settings: its default, its --help text, its bound (a key of
+    aft.errors.BOUND_TESTS), whether the paper's run.py has the flag, and, when another value than the
+    default must be refused for every other method, why (in the error line)."""
+    return dataclasses.field(default=default, metadata=dict(help=help, bound=bound, paper=paper,
+                                                            refused_elsewhere=refused_elsewhere))
+
+
+@dataclasses.dataclass(frozen=True)
+class NoSettings:
+    """A method without hyperparameters of its own."""
+
+
+def hyperparameters():
+    """Every method's hyperparameters, one dataclasses.Field per name, in a stable order. Methods that
+    share a name (AFT and its ablations: learn_scales, prior_lr) share one flag."""
+    found = {}
+    for name in METHODS.names():
+        for f in dataclasses.fields(METHODS[name].Settings):
+            found.setdefault(f.name, f)
+    return list(found.values())
+
+
+def check_shared_hyperparameters():
+    """Two methods that name the same hyperparameter must mean the same flag by it."""
+    seen = {}
+    for name in METHODS.names():
+        for f in dataclasses.fields(METHODS[name].Settings):
+            other = seen.setdefault(f.name, (name, f))
+            if (other[1].default, other[1].metadata) != (f.default, f.metadata):
+                raise ValueError(f"methods {other[0]} and {name} declare hyperparameter {f.name} differently")
 
 
 def product_methods(student=False):
@@ -32,26 +79,29 @@ def product_methods(student=False):
     return sorted(n for n, m in METHODS.items() if m.tensor_product and (m.product_student or not student))
 
 
-def get_method(name):
-    if name not in METHODS:
-        raise UserError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
-
-
 class MethodFacts:
     """What the rest of the tool needs to know of a method, with the usual values."""
-    uses_teacher = True  # False: the run needs no pre-trained features at all
-    takes_beta = True  # False: --prec changes nothing, so it is no hyperparameter (results ignore it)
-    baseline = False  # True: the method whose error is the unit of the results table (standard transfer)
-    augments = False  # True: --no_augment=False turns on train-time augmentation (the paper's init only)
+    Settings = NoSettings  # the method's own hyperparameters (a frozen dataclass of hyperparameter() fields)
+    uses_teacher = True  # False: the run needs no pre-trained features at all (no R, no beta)
     trains_student = True  # False: no downstream model; a linear probe on the cached features (aft.probe)
-    writes_files = False  # True: start() writes a file all processes read (ft's autoencoders): rank 0 goes first
+    baseline = False  # True: the method whose error is the unit of the results table (standard transfer)
+    preparation = None  # the name of the step aft.prepare runs before the first step (its result: start())
     # On a dataset whose pre-trained models' features combine as a tensor product (SNLI-VE, as in the
     # paper's code): "product", the method reads their tensor product (an aft.product.Product); "split",
     # each model's features side by side, as on any other dataset; None: it has no such form and is
     # refused there, before any work.
     tensor_product = None
     product_student = False  # True: takes a downstream model whose phi is a product kept factored (CLIP)
+
+    @classmethod
+    def takes_beta(cls):
+        """Whether --prec changes anything: only a regulariser of a downstream model towards teachers."""
+        return cls.uses_teacher and cls.trains_student
+
+    @classmethod
+    def augments(cls, settings):
+        """Whether the run trains on augmented batches (the paper's init with --no_augment=False only)."""
+        return False
 
     @classmethod
     def reads_product(cls, modality):
@@ -75,15 +125,13 @@ class MethodFacts:
 
 class Regularizer(MethodFacts, nn.Module):
 
-    def __init__(self, student_dim, teacher_dims, learn_scales=True, prior_lr=1e-2):
+    def __init__(self, student_dim, teacher_dims, settings=None):
         super().__init__()
-        self.prior_lr = prior_lr
+        self.settings = settings if settings is not None else self.Settings()
 
-    def start(self, student, labels, teachers):
-        """Called once before the first step, after the module is on the run's device (that of
-        `labels`). `student` is an aft.teachers.Student (its name, whether pre-trained, and its
-        features at the start, computed only when asked), `labels` the labels of the train rows,
-        `teachers` an aft.teachers.TeacherFeatures (the cached features of those rows)."""
+    def start(self, prepared):
+        """Called once before the first step, after the module is on the run's device, with what the
+        method's `preparation` made (None for a method without one)."""
 
     def param_groups(self):
         """Optimizer groups for this module's own parameters: by default the model's lr and no weight
@@ -96,4 +144,4 @@ class Regularizer(MethodFacts, nn.Module):
         """The group of learned teacher-side weights (AFT's scales and their ablations' maps): their own
         lr `prior_lr` and no weight decay (a decay would pull the scales towards 1/2); none when fixed."""
         params = [p for p in params if p.requires_grad]
-        return [{"params": params, "lr": self.prior_lr, "weight_decay": 0.0}] if params else []
+        return [{"params": params, "lr": self.settings.prior_lr, "weight_decay": 0.0}] if params else []

@@ -19,8 +19,8 @@ class FeatureDistillation(Regularizer):
     tensor_product = "split"
     product_student = True
 
-    def __init__(self, student_dim, teacher_dims, learn_scales=True, prior_lr=1e-2):
-        super().__init__(student_dim, teacher_dims, learn_scales, prior_lr)
+    def __init__(self, student_dim, teacher_dims, settings=None):
+        super().__init__(student_dim, teacher_dims, settings)
         if isinstance(student_dim, int):
             self.proj = nn.Linear(student_dim, sum(teacher_dims))
         else:

@@ -11,8 +11,7 @@ from aft.product import ProductLinear
 
 @register_method("linear_probe")
 class LinearProbe(MethodFacts, nn.Module):
-    takes_beta = False  # nothing is regularised
-    trains_student = False
+    trains_student = False  # and nothing is regularised: no beta
     tensor_product = "product"  # the paper's product-linear probe
 
     @classmethod

@@ -11,8 +11,8 @@ aft.inputs does that once. Offline, a model whose weights are not cached is one 
 the cache and the variables, before anything large is built; a process that finds the hub
 unreachable goes offline before its first download (`hub`), so that line comes at once.
 
-Names resolve in one place, `resolve_model`, by the first of these rules that matches (`NAME_RULES`,
-in this order), after an alias is replaced by its name (`ALIASES`):
+Names resolve in one place, `resolve_model`, through the registry `MODELS`: an embedded name, else the
+first of these rules that matches, in this order, after an alias is replaced by its name (`ALIASES`):
 
   1. an embedded model (`EMBEDDED`: all-MiniLM-L6-v2, tiny_bert, efficientnet_lite2, CLIP) -> itself;
      `none` (the paper's STL row, no pre-trained model) -> an error saying what to pass instead
@@ -38,9 +38,10 @@ from aft.models.efficientnet_lite import efficientnet_lite2_spec
 from aft.models.hf import hf_spec, load_tokenizer, minilm_path
 from aft.models.timm_models import TIMM_SOURCES, is_timm_folder, is_timm_name, timm_spec
 from aft.models.tiny_bert import tiny_bert_spec
+from aft.registry import Registry
 
-__all__ = ["ALIASES", "Classifier", "EMBEDDED", "HF_PREFIXES", "NAME_RULES", "PAPER_MODELS",
-           "check_modality", "create_classifier", "load_tokenizer", "minilm_path", "resolve_model"]
+__all__ = ["ALIASES", "Classifier", "EMBEDDED", "HF_PREFIXES", "MODELS", "PAPER_MODELS",
+           "build_classifier", "check_modality", "create_classifier", "load_tokenizer", "minilm_path", "resolve_model"]
 
 EMBEDDED = {
     "all-MiniLM-L6-v2": lambda name: hf_spec(name, minilm_path()),
@@ -89,36 +90,49 @@ def _forced_timm(name):
     return _timm_name_or_folder(name)
 
 
-# (matches(name), spec(name)), tried in order; the numbers are those of the rules in the docstring.
-NAME_RULES = (
-    (lambda name: name in EMBEDDED, lambda name: EMBEDDED[name](name)),  # 1
-    (lambda name: name.lower() == "none", _no_model),  # 1
-    (lambda name: name.startswith("timm:"), _forced_timm),  # 2
-    (lambda name: name.startswith(TIMM_SOURCES), timm_spec),  # 2
-    (lambda name: name.startswith("hf:"), lambda name: hf_spec(name[len("hf:"):])),  # 3
-    (lambda name: os.path.isdir(name) and is_timm_folder(name), _timm_name_or_folder),  # 4
-    (os.path.isdir, hf_spec),  # 4
-    # 5: no timm name holds a '/', so hub ids skip importing timm
-    (lambda name: "/" not in name and is_timm_name(name), timm_spec),
-    (lambda name: "/" in name or name.startswith(HF_PREFIXES), hf_spec),  # 6
-)
+def _timm_names():
+    import timm
+    return timm.list_models()
+
+
+# Each entry makes a model's spec from its name: the embedded models by name; any other name goes
+# through the family rules (the module docstring's numbers), tried in order.
+MODELS = Registry(
+    "model",
+    rules=[
+        (lambda name: name.lower() == "none", _no_model),  # 1
+        (lambda name: name.startswith("timm:"), _forced_timm),  # 2
+        (lambda name: name.startswith(TIMM_SOURCES), timm_spec),  # 2
+        (lambda name: name.startswith("hf:"), lambda name: hf_spec(name[len("hf:"):])),  # 3
+        (lambda name: os.path.isdir(name) and is_timm_folder(name), _timm_name_or_folder),  # 4
+        (os.path.isdir, hf_spec),  # 4
+        # 5: no timm name holds a '/', so hub ids skip importing timm
+        (lambda name: "/" not in name and is_timm_name(name), timm_spec),
+        (lambda name: "/" in name or name.startswith(HF_PREFIXES), hf_spec),  # 6
+    ],
+    valid="the embedded models " + ", ".join(EMBEDDED) + "; the paper's models " +
+          ", ".join(dict.fromkeys(PAPER_MODELS.values())) + "; any other timm name (timm.list_models()); a Hugging "
+          "Face id (org/name) or a local model folder; a prefix timm: or hf: forces the family",
+    more_names=lambda: list(PAPER_MODELS.values()) + _timm_names())
+for _name, _make in EMBEDDED.items():  # 1
+    MODELS.register(_name, _make)
 
 
 def resolve_model(name):
-    """The spec of model `name`, by the first of `NAME_RULES` that matches (see the module docstring)."""
+    """The spec of model `name`: an embedded one, else by the first family rule that matches (see the
+    module docstring)."""
     name = ALIASES.get(name, name)
-    for matches, spec in NAME_RULES:
-        if matches(name):
-            return spec(name)
-    raise UserError(f"unknown model {name!r}; valid: the embedded models {', '.join(EMBEDDED)}; the paper's "
-                    f"models {', '.join(dict.fromkeys(PAPER_MODELS.values()))}; any other timm name "
-                    f"(timm.list_models()); a Hugging Face id (org/name) or a local model folder; a prefix "
-                    f"timm: or hf: forces the family")
+    return MODELS.get(name)(name)
+
+
+def build_classifier(spec, num_classes, pretrained):
+    """The downstream model of `spec`, built for `num_classes` as its library builds it; its head is the
+    last linear layer of the architecture's classifier (pretrained: every other layer is loaded)."""
+    body, head = spec.build(pretrained, num_classes=num_classes)
+    return Classifier(body, head)
 
 
 def create_classifier(name, num_classes, pretrained):
-    """The downstream model `name`, built for `num_classes` as its library builds it; its head is the
-    last linear layer of the architecture's classifier (pretrained: every other layer is loaded)."""
+    """build_classifier of model `name`; returns the model and its spec."""
     spec = resolve_model(name)
-    body, head = spec.build(pretrained, num_classes=num_classes)
-    return Classifier(body, head), spec
+    return build_classifier(spec, num_classes, pretrained), spec

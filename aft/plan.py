@@ -1,0 +1,132 @@
+"""One run's plan, made once from its configuration before any work: the method and its settings,
+the resolved downstream and pre-trained models, which caches are missing, the side pictures are
+decoded at, the device, the precision, the run's name and files. Every check that needs no data is
+made here, so a bad value fails before anything loads; what runs after (aft.experiment, the
+trainers, the loop) reads the plan and resolves no name again."""
+import dataclasses
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+from aft.config import BOUNDS, OPTIMIZERS, Config
+from aft.datasets import dataset_entry, tensor_product, train_eval_indices
+from aft.datasets.decode import decode_size
+from aft.distributed import SINGLE
+from aft.errors import UserError, check_bounds
+from aft.features import cached_modality, feature_path
+from aft.identity import default_run_name
+from aft.methods import get_method, hyperparameters
+from aft.models import check_modality, resolve_model
+from aft.runtime import resolve_device, resolve_precision
+
+
+@dataclass(frozen=True)
+class TeacherPlan:
+    """A pre-trained model of the run."""
+    name: str
+    cache: str  # its feature cache
+    cached: bool  # whether the cache exists (else it is computed before training)
+    spec: object = None  # its aft.models ModelSpec; None when cached (checked when the cache was made)
+
+    @property
+    def modality(self):
+        return self.spec.modality if self.spec is not None else (cached_modality(self.cache) or
+                                                                 resolve_model(self.name).modality)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    cfg: Config  # the plain values (lr, steps, ...)
+    method: type  # the method's class (aft.methods)
+    settings: object  # the method's hyperparameters: an instance of method.Settings
+    dataset: object  # the dataset's registry entry (aft.datasets.DatasetEntry)
+    student: object  # the downstream model's ModelSpec; None for a method without one (linear_probe)
+    teachers: tuple  # TeacherPlan of each pre-trained model, in order (none for a method without)
+    decode_size: int  # the side pictures of varying size are decoded at for this run
+    device: object  # torch.device of this process
+    precision: str  # "bf16" or "fp32"
+    run_name: str
+    world: object = SINGLE  # this process among those torchrun started (aft.distributed)
+
+    @property
+    def results_path(self):
+        return os.path.join(self.cfg.out_dir, f"{self.run_name}.json")
+
+    @property
+    def ckpt_path(self):
+        return os.path.join(self.cfg.ckpt_dir, f"{self.run_name}.pt") if self.cfg.ckpt_dir else None
+
+    @property
+    def missing(self):
+        """The pre-trained models whose cache is computed before training."""
+        return [t.name for t in self.teachers if not t.cached]
+
+    def rows(self, n_train):
+        """(rows trained on, held-out rows evaluated on or None) of a train split of n_train rows."""
+        return train_eval_indices(n_train, self.cfg.train_frac, self.cfg.use_val)
+
+
+def method_settings(cfg, method):
+    """The method's Settings from the run's method_args, after every hyperparameter's bound; a value
+    that only another method reads is refused where that method says so."""
+    values = {f.name: cfg.method_args.get(f.name, f.default) for f in hyperparameters()}
+    check_bounds(SimpleNamespace(**values), {f.name: f.metadata["bound"] for f in hyperparameters() if f.metadata["bound"]})
+    own = {f.name for f in dataclasses.fields(method.Settings)}
+    for f in hyperparameters():
+        refused = f.metadata.get("refused_elsewhere")
+        if f.name not in own and refused and values[f.name] != f.default:
+            raise UserError(f"--{f.name}={values[f.name]}: {refused}")
+    return method.Settings(**{name: values[name] for name in own})
+
+
+def make_plan(cfg, world=SINGLE):
+    """The plan of the run `cfg` in this process of `world`; a UserError for anything wrong that can
+    be seen without loading data or models. Which caches exist is rank 0's view, so that every
+    process does the same."""
+    method = get_method(cfg.method)
+    check_bounds(cfg, BOUNDS, notes={"prec": "it is beta, the regularisation strength"})
+    settings = method_settings(cfg, method)
+    if cfg.optimizer not in OPTIMIZERS:
+        raise UserError(f"--optimizer={cfg.optimizer}; valid: {', '.join(OPTIMIZERS)}")
+    if cfg.init_model and cfg.init_model != cfg.model_class:
+        raise UserError(f"--init_model={cfg.init_model} must be empty (random init) or equal to "
+                        f"--model_class={cfg.model_class} (start from its pre-trained weights)")
+    if cfg.resume and not cfg.ckpt_dir:
+        raise UserError("--resume needs --ckpt_dir (where the run's checkpoint is)")
+    if method.uses_teacher and not cfg.teacher_names:
+        raise UserError(f"--method={cfg.method} needs --pretrained_models (comma-separated model names)")
+    if cfg.batch_size % world.size:
+        raise UserError(f"--batch_size={cfg.batch_size} is the batch of all {world.size} processes together and "
+                        f"must divide evenly among them; use a multiple of {world.size}")
+    dataset = dataset_entry(cfg.dataset)
+    # The downstream model (a linear probe has none) and every teacher whose features will be
+    # computed must read the dataset's inputs: said now, not after a long load or extraction. An
+    # unknown name fails here too. A cached teacher's modality was checked when its cache was made.
+    student = resolve_model(cfg.model_class) if method.trains_student else None
+    if student is not None:
+        check_modality(student, dataset)
+    names = cfg.teacher_names if method.uses_teacher else []
+    paths = [feature_path(cfg.features_dir, name, cfg.dataset) for name in names]
+    cached = world.gather_objects([os.path.exists(p) for p in paths])[0]
+    teachers = tuple(TeacherPlan(name, path, there, None if there else resolve_model(name))
+                     for name, path, there in zip(names, paths, cached))
+    for t in teachers:
+        if t.spec is not None:
+            check_modality(t.spec, dataset)
+            if t.spec.downstream_only:
+                raise UserError(t.spec.downstream_only)
+    if tensor_product(dataset.modality):
+        method.check_tensor_product(cfg.dataset, [t.modality for t in teachers],
+                                    student.product_factors if student else None)
+    device = world.device(resolve_device(cfg.device))
+    return RunPlan(cfg, method, settings, dataset, student, teachers, pictures_side(cfg, student, teachers), device,
+                   resolve_precision(cfg.precision, device), cfg.run_name or default_run_name(cfg), world)
+
+
+def pictures_side(cfg, student, teachers):
+    """The side pictures of varying size are decoded at for this run: the largest that a model reading
+    them in this run resizes them to (the downstream model, and the pre-trained models whose features
+    are computed now), so none of them sees an upsampled copy."""
+    sizes = [student.pixels(cfg.image_size or None)] if student is not None else []
+    sizes += [t.spec.pixels(cfg.teacher_image_size or None) for t in teachers if not t.cached]
+    return decode_size(sizes)
