@@ -12,7 +12,7 @@ the held-out validation rows, so tuning on them never sees their labels (keys su
 from absl import flags
 
 from aft import cli
-from aft.datasets import DATASETS, load_task, train_eval_indices
+from aft.datasets import dataset_entry, load_entry, train_eval_indices
 from aft.errors import check_bounds, main_guard
 from aft.features import DEFAULT_FEATURES_DIR, feature_path, read_features
 from aft.files import atomic_save, exclusive
@@ -23,33 +23,34 @@ from aft.runtime import resolve_device
 # The paper's code has no LogME script: every flag is this tool's own.
 BOUNDS = {"train_frac": "(0, 1]"}
 cli.define(cli.TOOL, "model_class", "all-MiniLM-L6-v2", "the model whose cached features are scored")
-cli.define(cli.TOOL, "dataset", "tweets", "dataset name", sorted(DATASETS))
+cli.define(cli.TOOL, "dataset", "tweets", "the dataset: a registered name, or your own data (README's Your own data)")
 cli.define(cli.TOOL, "train_frac", 1.0, "score the fixed subsample of the train split that run.py --train_frac uses",
            bound=BOUNDS["train_frac"])
 cli.define(cli.TOOL, "use_val", False, "leave out the validation rows run.py --use_val=True holds out")
 cli.define(cli.TOOL, "features_dir", DEFAULT_FEATURES_DIR, "folder of the feature cache")
 cli.define(cli.TOOL, "data_dir", "", "folder of datasets on disk")
 cli.define(cli.TOOL, "device", "auto", "auto, cpu, cuda, cuda:N")
+cli.define_data_flags()
 FLAGS = flags.FLAGS
 
 
 def score():
     check_bounds(FLAGS, BOUNDS)
-    task = load_task(FLAGS.dataset, FLAGS.data_dir or None)
-    path = feature_path(FLAGS.features_dir, FLAGS.model_class, FLAGS.dataset)
+    entry = dataset_entry(FLAGS.dataset, cli.data_options())
+    task = load_entry(entry, FLAGS.data_dir or None, pictures=False)  # the labels are what LogME reads
+    path = feature_path(FLAGS.features_dir, FLAGS.model_class, entry.name)
+    holds_out = FLAGS.use_val and not entry.has_val  # the rows run.py --use_val=True evaluates on
+    rows, _ = train_eval_indices(len(task.train), FLAGS.train_frac, holds_out)
     with exclusive(path):  # read, score and write back with no other writer in between
-        cache = read_features(path, FLAGS.model_class, FLAGS.dataset, len(task.train), len(task.test),
-                              FLAGS.features_dir)
-        features, labels = cache["train"], task.train.labels
-        if FLAGS.train_frac != 1 or FLAGS.use_val:
-            rows, _ = train_eval_indices(len(labels), FLAGS.train_frac, FLAGS.use_val)
-            features, labels = features[rows], labels[rows]
+        cache = read_features(path, FLAGS.model_class, features_dir=FLAGS.features_dir, task=task,
+                              need={"train": rows})
+        features, labels = cache["train"][rows], task.train.labels[rows]
         device = resolve_device(FLAGS.device)
         value, weights = logme(features.to(device), labels.to(device), num_classes=task.num_classes)
-        score_key, weights_key = logme_keys(FLAGS.train_frac, FLAGS.use_val)
+        score_key, weights_key = logme_keys(FLAGS.train_frac, holds_out)
         cache[score_key], cache[weights_key] = float(value), weights.float().cpu().contiguous()
         atomic_save(cache, path)
-    print(f"LogME of {FLAGS.model_class} on {FLAGS.dataset} ({len(labels)} train rows): {value:.4f}; "
+    print(f"LogME of {FLAGS.model_class} on {task.name} ({len(labels)} train rows): {value:.4f}; "
           f"saved {score_key}, {weights_key} {tuple(weights.shape)} in {path}")
 
 

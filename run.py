@@ -15,7 +15,6 @@ from absl import flags
 
 from aft import cli, distributed
 from aft.config import BOUNDS, OPTIMIZERS, PRECISIONS, Config
-from aft.datasets import DATASETS
 from aft.errors import check_bounds, main_guard
 from aft.experiment import run
 from aft.methods import METHODS, hyperparameters
@@ -25,7 +24,9 @@ HELP = {
     "seed": "random seed (model init, batch order, dropout)",
     "model_class": "downstream model: timm name, Hugging Face id or folder, or an embedded one (tiny_bert)",
     "init_model": "start from this model's pre-trained weights (= model_class); empty: random init",
-    "dataset": "the downstream task (README's Datasets)",
+    "dataset": "the downstream task: a registered name (README's Datasets), or your own data: a folder of pictures, "
+               "a table file (.csv .tsv .jsonl .json .parquet) or folder of them, hf:ID or a folder saved by "
+               "save_to_disk (README's Your own data)",
     "pretrained_models": "comma-separated pre-trained models whose cached features are concatenated",
     "train_frac": "fraction of the training set used (a fixed subset, the same for every seed)",
     "use_val": "hold out 10% of train (fixed split seed 42) and evaluate on it instead of test",
@@ -57,8 +58,7 @@ HELP = {
     "eval_batch_size": "batch size of evaluation",
     "extract_batch_size": "batch size when a missing feature cache is computed on the fly",
 }
-CHOICES = {"method": METHODS.names(), "dataset": DATASETS.names(), "optimizer": list(OPTIMIZERS),
-           "precision": list(PRECISIONS)}
+CHOICES = {"method": METHODS.names(), "optimizer": list(OPTIMIZERS), "precision": list(PRECISIONS)}
 
 # The flags of the paper's run.py (its README's command and its main()'s other arguments), listed
 # first by --help; the rest are this tool's own. The methods' hyperparameters say which they are.
@@ -81,20 +81,21 @@ PAPER_ONLY = {
                              "not used: AFT's scales are trained with the downstream model from the first step"),
 }
 
-GENERAL = [f for f in fields(Config) if f.name != "method_args"]
+GENERAL = [f for f in fields(Config) if f.name not in ("method_args", "data")]
 for f in GENERAL:
     cli.define(cli.PAPER if f.name in PAPER_FLAGS else cli.TOOL, f.name, f.default, HELP[f.name],
                CHOICES.get(f.name), BOUNDS.get(f.name))
 for f in hyperparameters():
     cli.define(cli.PAPER if f.metadata["paper"] else cli.TOOL, f.name, f.default, f.metadata["help"],
                bound=f.metadata["bound"])
+cli.define_data_flags()
 for name, (default, text, bound, _) in PAPER_ONLY.items():
     cli.define(cli.PAPER, name, default, text, bound=bound)
 FLAGS = flags.FLAGS
 
 
 def config_from_flags():
-    return Config(**{f.name: getattr(FLAGS, f.name) for f in GENERAL},
+    return Config(**{f.name: getattr(FLAGS, f.name) for f in GENERAL}, data=cli.data_options(),
                   method_args={f.name: getattr(FLAGS, f.name) for f in hyperparameters()})
 
 

@@ -19,11 +19,11 @@ import torch
 from absl import flags
 
 from aft import cli, distributed
-from aft.datasets import DATASETS, load_task
+from aft.datasets import dataset_entry, load_entry
 from aft.datasets.decode import decode_size
 from aft.errors import UserError, check_bounds, main_guard
 from aft.extract import CHUNK_ROWS, check_device_map, extract_to_cache
-from aft.features import DEFAULT_FEATURES_DIR, feature_path
+from aft.features import DEFAULT_FEATURES_DIR, feature_path, read_features
 from aft.models import resolve_model
 from aft.runtime import resolve_device
 
@@ -31,7 +31,8 @@ BOUNDS = {"batch_size": "> 0", "num_workers": ">= 0", "image_size": ">= 0", "chu
 
 cli.define(cli.PAPER, "model_class", "all-MiniLM-L6-v2",
            "pre-trained model: timm name, Hugging Face id or folder, or an embedded one")
-cli.define(cli.PAPER, "dataset", "tweets", "dataset name", sorted(DATASETS))
+cli.define(cli.PAPER, "dataset", "tweets", "the dataset: a registered name, or your own data (README's Your own data)")
+cli.define_data_flags()
 cli.define(cli.PAPER, "save_path", "", "output file (default {features_dir}/{model_class}_{dataset}.pt)")
 cli.define(cli.PAPER, "batch_size", 256, "inference batch size", bound=BOUNDS["batch_size"])
 cli.define(cli.PAPER, "num_workers", 0, "CPU cores used, to decode images and to run the model on the CPU (0: all "
@@ -45,6 +46,8 @@ cli.define(cli.TOOL, "precision", "auto", "auto: bf16 on CUDA, fp32 on CPU", ["a
 cli.define(cli.TOOL, "image_size", 0, "image input size (0: the model's own)", bound=BOUNDS["image_size"])
 cli.define(cli.TOOL, "chunk_rows", CHUNK_ROWS, "rows per chunk file saved on the way, which a restart reuses "
            "(a restart with another value computes every chunk again)", bound=BOUNDS["chunk_rows"])
+cli.define(cli.TOOL, "keep_existing", False, "keep the cache when it holds every row of this model and dataset "
+           "(made at this --image_size); make it only when it does not")
 cli.define(cli.TOOL, "device_map", "none", "auto: a Hugging Face model spread over this process's GPUs by "
            "accelerate, for one larger than a GPU; none: the whole model on --device", ["none", "auto"])
 FLAGS = flags.FLAGS
@@ -76,11 +79,11 @@ def debug(spec, task):
     first = {split: getattr(task, split).subset(torch.arange(min(FLAGS.batch_size, len(getattr(task, split)))))
              for split in ("train", "test")}
     with tempfile.TemporaryDirectory() as tmp:
-        cache = extract(spec, dataclasses.replace(task, **first), os.path.join(tmp, "debug.pt"))
+        cache = extract(spec, dataclasses.replace(task, val=None, **first), os.path.join(tmp, "debug.pt"))
     meta = cache["meta"]
     finite = all(bool(torch.isfinite(cache[split]).all()) for split in first)
     print(f"debug: {FLAGS.model_class} on {meta['n_train']} train and {meta['n_test']} test rows of "
-          f"{FLAGS.dataset}: {meta['dim']} features per row, {'all finite' if finite else 'some NaN or inf'}; "
+          f"{task.name}: {meta['dim']} features per row, {'all finite' if finite else 'some NaN or inf'}; "
           f"nothing saved")
 
 
@@ -89,16 +92,20 @@ def save():
     world = distributed.from_environment()
     if FLAGS.debug and world.size > 1:
         raise UserError("--debug is a one-process try; run it with python, not torchrun")
+    entry = dataset_entry(FLAGS.dataset, cli.data_options())
     spec = resolve_model(FLAGS.model_class)
     check_device_map(spec, device_map(), world)
     device = world.device(resolve_device(FLAGS.device))
     use_cores(FLAGS.num_workers)
-    canonical = feature_path(FLAGS.features_dir, FLAGS.model_class, FLAGS.dataset)
+    canonical = feature_path(FLAGS.features_dir, FLAGS.model_class, entry.name)
     path = FLAGS.save_path or canonical
+    if FLAGS.keep_existing and complete_cache(path, entry):
+        print(f"exists: {path}")
+        return
     distributed.start(world, device)
     try:
         with world.main_first():  # rank 0 decodes the pictures once; the others read its decoded file
-            task = load_task(FLAGS.dataset, FLAGS.data_dir or None, decode_size([spec.pixels(FLAGS.image_size or None)]))
+            task = load_entry(entry, FLAGS.data_dir or None, decode_size([spec.pixels(FLAGS.image_size or None)]))
         if FLAGS.debug:
             return debug(spec, task)
         cache = extract(spec, task, path, world, device)
@@ -113,6 +120,20 @@ def save():
         # run.py looks only at the canonical name; the file's meta names its model, so a misnamed
         # file is refused there rather than read as another model's features.
         print(f"note: run.py reads {canonical}; this file was saved under another name")
+
+
+def complete_cache(path, entry):
+    """Whether the cache at `path` holds every row of model --model_class on `entry`'s data, at
+    --image_size (a cache of other settings is made again)."""
+    if not os.path.exists(path):
+        return False
+    try:
+        cache = read_features(path, FLAGS.model_class, entry.name, features_dir=FLAGS.features_dir,
+                              image_size=FLAGS.image_size, need={})
+    except UserError:
+        return False
+    meta = cache["meta"]
+    return not cache.get("present") and meta.get("data_fingerprint", "") == entry.fingerprint
 
 
 def main(argv):

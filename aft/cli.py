@@ -8,9 +8,11 @@ the paper or common usage gives a flag (--beta for --prec) is answered with the 
 """
 import os
 import sys
+from dataclasses import fields
 
 from absl import app, flags
 
+from aft.datasets.base import DataOptions
 from aft.errors import UserError, bound_text, main_guard
 
 # Help groups. absl's --help shows one alphabetical list, so run() replaces it with one that shows
@@ -35,6 +37,17 @@ def define(group, name, default, help, choices=None, bound=None):
     # absl's own help starts with <a|b|...>, one word that --help cuts anywhere (flow-ers): a list instead
     flag.help = f"{help}; one of {', '.join(choices)}"
     return flags.DEFINE_flag(flag, module_name=group)
+
+
+def define_data_flags():
+    """The flags of aft.datasets.DataOptions (how your own data is read), in this tool's group."""
+    for f in fields(DataOptions):
+        define(TOOL, f.name, f.default, f.metadata["help"], f.metadata["choices"], f.metadata["bound"])
+
+
+def data_options():
+    """The DataOptions the flags give, their bounds checked."""
+    return DataOptions(**{f.name: getattr(flags.FLAGS, f.name) for f in fields(DataOptions)}).check()
 
 
 def run(main):

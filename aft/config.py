@@ -7,6 +7,7 @@ more than these values (names resolved, caches looked for, checks) is aft.plan's
 """
 from dataclasses import dataclass, field
 
+from aft.datasets.base import DataOptions
 from aft.features import DEFAULT_FEATURES_DIR
 
 
@@ -44,6 +45,9 @@ class Config:
     teacher_image_size: int = 0  # 0: each teacher's own input size (never the student's --image_size)
     eval_batch_size: int = 512
     extract_batch_size: int = 256
+    # How your own data is read (--text_columns, --label_column, --prompt, ...); the defaults for the
+    # registered datasets.
+    data: DataOptions = field(default_factory=DataOptions)
     # The methods' own hyperparameters by flag name (--learn_scales, --prior_lr, --no_augment, ...);
     # one not given takes the default its method declares.
     method_args: dict = field(default_factory=dict)

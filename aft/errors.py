@@ -22,7 +22,8 @@ def first_line(err, limit=160):
 
 
 # A numeric flag's bound, as its error line states it, and the test of it.
-BOUND_TESTS = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, "(0, 1]": lambda v: 0 < v <= 1}
+BOUND_TESTS = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, "(0, 1]": lambda v: 0 < v <= 1,
+               "(0, 1)": lambda v: 0 < v < 1}
 
 
 def bound_text(bound):

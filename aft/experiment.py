@@ -6,10 +6,10 @@ import os
 import time
 from contextlib import nullcontext
 
-from aft.datasets import check_train_rows, load_task
+from aft.datasets import check_train_rows, load_entry
 from aft.distributed import SINGLE
 from aft.errors import UserError
-from aft.identity import check_same_run
+from aft.identity import check_same_run, recorded_identity
 from aft.loop import AFRESH, batch_rows, fit, read_checkpoint
 from aft.plan import make_plan
 from aft.prepare import PREPARATIONS
@@ -33,14 +33,15 @@ def run(cfg, world=SINGLE):
     began = time.time()
 
     with world.main_first():  # rank 0 decodes the pictures once; the others read its decoded file
-        task = load_task(cfg.dataset, cfg.data_dir or None, plan.decode_size)
+        task = load_entry(plan.dataset, cfg.data_dir or None, plan.decode_size)
     train_idx, val_idx = plan.rows(len(task.train))
-    check_train_rows(task.name, len(task.train), len(train_idx), cfg.train_frac, cfg.use_val)
+    check_train_rows(task.name, len(task.train), len(train_idx), cfg.train_frac, plan.holds_out)
     check_batch_shares(batch_rows(cfg.batch_size, len(train_idx)), cfg, world)
-    eval_split = task.train.subset(val_idx) if cfg.use_val else task.test
+    eval_split = (task.train.subset(val_idx) if plan.holds_out else task.val) if cfg.use_val else task.test
     method = plan.method
-    teachers = load_teachers(plan, task, train_idx, val_idx, keep_eval=not method.trains_student) \
-        if method.uses_teacher else None
+    probe_eval = ("held_out" if plan.holds_out else "val" if cfg.use_val else "test") if not method.trains_student \
+        else None
+    teachers = load_teachers(plan, task, train_idx, val_idx, probe_eval) if method.uses_teacher else None
     trainer = (Trainer if method.trains_student else ProbeTrainer)(plan, task, train_idx, eval_split, teachers)
     start(trainer, plan, teachers)
     return fit(trainer, plan, began)
@@ -75,10 +76,11 @@ def earlier_run(plan):
     cfg, path, ckpt = plan.cfg, plan.results_path, plan.ckpt_path
     if os.path.exists(path):
         saved = RunRecord.read(path)
-        check_same_run(path, saved.config, cfg, "pass another --run_name or --out_dir, or delete it to replace it")
+        check_same_run(path, recorded_identity(saved.config, saved.identity), plan.identity,
+                       "pass another --run_name or --out_dir, or delete it to replace it")
         if cfg.skip_done:
             print(f"done already: {path}", flush=True)
             return saved
     if ckpt and not cfg.resume and os.path.exists(ckpt):
-        check_same_run(ckpt, read_checkpoint(ckpt, mmap=True)[1], cfg, AFRESH)
+        check_same_run(ckpt, read_checkpoint(ckpt, mmap=True)[1], plan.identity, AFRESH)
     return None

@@ -16,13 +16,14 @@ import os
 import shutil
 import signal
 import time
+from contextlib import nullcontext
 
 import torch
 from tqdm import tqdm
 
 from aft.distributed import SINGLE
 from aft.errors import UserError
-from aft.features import make_meta, write_features
+from aft.features import cache_lock, make_meta, missing_rows, save_cache
 from aft.files import atomic_save, safe_load
 from aft.models import check_modality
 from aft.runtime import autocast, resolve_precision, speed_settings
@@ -33,12 +34,13 @@ CHUNK_ROWS = 4096  # rows per chunk file: what a kill can cost
 KILL_AFTER_FIRST_CHUNK = "AFT_TEST_KILL_AFTER_FIRST_CHUNK"
 
 
-def extraction_order(inputs):
-    """Every row once, in the order extraction computes them: text by length (longest first), so
-    each batch is padded only to its own longest text; other inputs in row order."""
+def extraction_order(inputs, rows=None):
+    """Every row of `rows` (None: all) once, in the order extraction computes them: text by length
+    (longest first), so each batch is padded only to its own longest text; other inputs in row order."""
+    rows = torch.arange(len(inputs)) if rows is None else torch.as_tensor(rows, dtype=torch.long).sort().values
     if hasattr(inputs, "lengths"):
-        return torch.argsort(inputs.lengths, descending=True, stable=True)
-    return torch.arange(len(inputs))
+        return rows[torch.argsort(inputs.lengths[rows], descending=True, stable=True)]
+    return rows
 
 
 def check_device_map(spec, device_map, world):
@@ -83,6 +85,7 @@ def compute_features(body, inputs, batch_size, device, precision, desc="features
     order = extraction_order(inputs) if rows is None else rows
     batches = list(order.split(batch_size))
     widths = inputs.widths(batches)
+    inputs.expect(batches)
     if not batches:
         return torch.empty((0, 0))
     device_batches = order.to(device).split(batch_size)
@@ -142,10 +145,11 @@ def load_chunk(path, identity, rows):
     return chunk["features"]
 
 
-def extract_chunks(body, inputs, folder, identity, chunk_rows, world, batch_size, device, precision, desc):
-    """Compute and save this rank's chunks of one split that no earlier run saved; returns the
-    chunks' rows and the batch size that worked."""
-    chunks = extraction_order(inputs).split(chunk_rows)
+def extract_chunks(body, inputs, folder, identity, chunk_rows, world, batch_size, device, precision, desc,
+                   rows=None):
+    """Compute and save this rank's chunks of one split (of its `rows`; None: all) that no earlier run
+    saved; returns the chunks' rows and the batch size that worked."""
+    chunks = extraction_order(inputs, rows).split(chunk_rows)
     for k in range(world.rank, len(chunks), world.size):
         path = chunk_path(folder, identity["split"], k, len(chunks))
         if load_chunk(path, identity, chunks[k]) is not None:
@@ -160,57 +164,111 @@ def extract_chunks(body, inputs, folder, identity, chunk_rows, world, batch_size
 
 
 def merge_chunks(folder, identity, chunks, dim):
-    """The split's features in row order, from its chunk files (`dim` wide when it has no rows)."""
+    """(rows, features) of the split's chunk files, in the chunks' order (`dim` wide when it has none)."""
     feats = []
     for k, rows in enumerate(chunks):
         path = chunk_path(folder, identity["split"], k, len(chunks))
-        feats.append(load_chunk(path, identity, rows))  # memory-mapped: only `out` holds the split
+        feats.append(load_chunk(path, identity, rows))  # memory-mapped: only the merged cache holds the split
         if feats[-1] is None:
-            raise UserError(f"{path} is missing or holds other rows after every rank finished (did another "
-                            f"extraction of the same cache finish at the same time?); run the extraction again")
-    out = torch.empty((identity["rows"], feats[0].shape[1] if feats else dim))
-    for rows, part in zip(chunks, feats):
-        out[rows] = part
-    return out
+            raise UserError(f"{path} is missing or holds other rows after every rank finished; run the "
+                            f"extraction again")
+    rows = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long)
+    return rows, torch.cat(feats) if feats else torch.empty((0, dim))
+
+
+def splits_of(task):
+    return [split for split in ("train", "test", "val") if getattr(task, split) is not None]
 
 
 def extract_to_cache(spec, task, path, batch_size, device, precision="auto", image_size=None,
-                     chunk_rows=CHUNK_ROWS, world=SINGLE, device_map=None):
+                     chunk_rows=CHUNK_ROWS, world=SINGLE, device_map=None, need=None):
     """Compute the features of model `spec` (an aft.models ModelSpec) of `task` and write them
     atomically to `path`, through chunk files in `{path}.parts/` (see the module docstring); `world`:
     this process's rank among those torchrun started; `device_map`: "auto" spreads a Hugging Face
     model over the GPUs (accelerate; check_device_map first). Returns the cache on rank 0, None on the
-    others."""
-    model_name = spec.name
+    others.
+
+    `need`: None makes the whole cache afresh; {split: rows (a LongTensor, or None for all)} computes
+    only the rows the cache lacks and adds them to it (a cache of other settings is made afresh), so a
+    run on 2% of a set computes 2% of its features. The cache's lock is held meanwhile: other
+    processes that need it wait, then find their rows there."""
     check_modality(spec, task)
     precision = resolve_precision(precision, device)
     start = time.time()
-    speed_settings(device, precision)
-    # Weights load straight in bf16 when that is the precision: a 7B LM then needs 14 GB, not 28.
-    body, dim = spec.build(pretrained=True, dtype=torch.bfloat16 if precision == "bf16" else None,
-                           **({"device_map": device_map} if device_map else {}))
-    body = prepare_body(body, device, precision, spec.modality, placed=bool(device_map))
-    folder = f"{path}.parts"
-    done = {}
-    for split in ("train", "test"):
-        inputs = spec.make_inputs(getattr(task, split).inputs, task, image_size).to(device)
-        identity = dict(model=model_name, dataset=task.name, split=split, rows=len(inputs), image_size=image_size or 0,
-                        precision=precision)
-        chunks, batch_size = extract_chunks(body, inputs, folder, identity, chunk_rows, world, batch_size, device,
-                                            precision, f"{model_name} {task.name} {split}")
-        done[split] = identity, chunks
-    world.barrier()  # every rank's chunks are saved
-    if not world.is_main:
+    splits = splits_of(task)
+    settings = dict(model=spec.name, dataset=task.name, precision=precision, modality=spec.modality,
+                    image_size=image_size or 0, decoded_size=task.decoded_size, data_fingerprint=task.fingerprint,
+                    features=spec.describe_features() if spec.describe_features else None)
+    with cache_lock(path) if world.is_main else nullcontext():
+        old = kept_cache(path, settings, task) if world.is_main and need is not None else None
+        todo = {split: (need or {}).get(split) if old is None else missing_rows(old, split, (need or {}).get(split))
+                for split in splits if need is None or split in need}
+        todo = {split: torch.arange(len(getattr(task, split))) if rows is None else rows for split, rows in
+                world.gather_objects(todo)[0].items()}
+        if not any(len(rows) for rows in todo.values()):
+            return old
+        speed_settings(device, precision)
+        # Weights load straight in bf16 when that is the precision: a 7B LM then needs 14 GB, not 28.
+        body, dim = spec.build(pretrained=True, dtype=torch.bfloat16 if precision == "bf16" else None,
+                               **({"device_map": device_map} if device_map else {}))
+        body = prepare_body(body, device, precision, spec.modality, placed=bool(device_map))
+        folder = f"{path}.parts"
+        done = {}
+        for split, rows in todo.items():
+            inputs = spec.make_inputs(getattr(task, split).inputs, task, image_size).to(device)
+            identity = dict(model=spec.name, dataset=task.name, split=split, rows=len(inputs),
+                            image_size=image_size or 0, precision=precision, fingerprint=task.fingerprint)
+            chunks, batch_size = extract_chunks(body, inputs, folder, identity, chunk_rows, world, batch_size, device,
+                                                precision, f"{spec.name} {task.name} {split}", rows)
+            done[split] = identity, chunks
+        world.barrier()  # every rank's chunks are saved
+        if not world.is_main:
+            return None
+        cache = merged(old, {split: merge_chunks(folder, identity, chunks, dim) for split, (identity, chunks)
+                             in done.items()}, task, splits, dim)
+        # image_size 0: the model's own; the modality tells a reader that a text model's cache has none
+        # decoded_size: the side the dataset's pictures were decoded to first (0: kept as they are)
+        meta = make_meta(spec.name, task.name, cache["train"], cache["test"], device=device.type,
+                         world_size=world.size, seconds=round(time.time() - start, 1), classes=task.class_names,
+                         skipped_rows=task.skipped,
+                         **{k: v for k, v in settings.items() if v is not None and k not in ("model", "dataset")})
+        save_cache(path, cache["train"], cache["test"], meta, cache.get("val"), cache.get("present"))
+    shutil.rmtree(folder, ignore_errors=True)
+    return dict(cache, meta=meta)
+
+
+def kept_cache(path, settings, task):
+    """The cache at `path` when it was made with these settings of this data, so rows can be added to it;
+    else None (it is then made afresh)."""
+    if not os.path.exists(path):
         return None
-    feats = {split: merge_chunks(folder, identity, chunks, dim) for split, (identity, chunks) in done.items()}
-    # image_size 0: the model's own; the modality tells a reader that a text model's cache has none
-    # decoded_size: the side the dataset's pictures were decoded to first (0: kept as they are)
-    meta = make_meta(model_name, task.name, feats["train"], feats["test"], precision=precision, device=device.type,
-                     modality=spec.modality, image_size=image_size or 0, decoded_size=task.decoded_size,
-                     world_size=world.size, seconds=round(time.time() - start, 1))
-    described = spec.describe_features() if spec.describe_features else None
-    if described:
-        meta["features"] = described
-    write_features(path, feats["train"], feats["test"], meta)
-    shutil.rmtree(folder)
-    return {"train": feats["train"], "test": feats["test"], "meta": meta}
+    try:
+        cache = safe_load(path, "feature file")
+    except UserError:
+        return None
+    meta = cache.get("meta", {}) if isinstance(cache, dict) else {}
+    same = all(meta.get(k, 0 if k in ("image_size", "decoded_size") else "" if k == "data_fingerprint" else None)
+               == v for k, v in settings.items())
+    sizes = all(len(cache.get(split, ())) == len(getattr(task, split)) for split in splits_of(task))
+    return cache if same and sizes else None
+
+
+def merged(old, new, task, splits, dim):
+    """The cache's split tensors and `present` masks: `old` (or zeros) with the rows of `new` ({split:
+    (rows, features)}) written in; a mask only for a split that still lacks rows."""
+    out, present = {}, {}
+    for split in splits:
+        n = len(getattr(task, split))
+        feats = old[split].clone() if old is not None else torch.zeros((n, dim))
+        mask = (old.get("present", {}).get(split, torch.ones(n, dtype=torch.bool)).clone() if old is not None
+                else torch.zeros(n, dtype=torch.bool))
+        if split in new:
+            rows, part = new[split]
+            feats = feats if feats.shape[1] == part.shape[1] else torch.zeros((n, part.shape[1]))
+            feats[rows], mask[rows] = part, True
+        out[split] = feats
+        if not bool(mask.all()):
+            present[split] = mask
+    if present:
+        out["present"] = present
+    return out

@@ -59,8 +59,21 @@ def exclusive(path):
         yield
         return
     folder, name = os.path.split(os.path.abspath(path))
-    with open(os.path.join(folder, f".{name}.lock"), "a") as lock:
+    with locked(os.path.join(folder, f".{name}.lock")):
+        yield
+
+
+@contextlib.contextmanager
+def locked(lock_path, waiting=None):
+    """Hold an advisory lock on the file `lock_path` (made empty if missing) until the block ends; where
+    the file system has no locks, the block runs unlocked. `waiting`: the line printed when another
+    process holds the lock, before waiting for it."""
+    with open(lock_path, "a") as lock:
         try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(waiting, flush=True)
             fcntl.flock(lock, fcntl.LOCK_EX)
         except OSError:
             pass

@@ -5,10 +5,17 @@ the device; a training step then only indexes those tensors (and, for images, re
 normalises the batch on the device).
 """
 import math
+import os
+import queue
 import sys
+import threading
 
 import torch
 import torch.nn.functional as F
+
+from aft.datasets.store import DiskImages
+from aft.errors import UserError
+from aft.runtime import free_memory
 
 
 class TextInputs:
@@ -46,6 +53,9 @@ class TextInputs:
         """Per-batch width for a list of index tensors (host side, once per epoch)."""
         return [int(self.lengths[b].max()) for b in batches]
 
+    def expect(self, batches):
+        """Token ids live on the device: nothing to fetch ahead."""
+
 
 def resized_side(size, crop_pct):
     """timm's eval transform resizes a picture to size / crop_pct (floored), then takes the central
@@ -64,11 +74,19 @@ class ImageInputs:
     `interpolation` is the model's own (timm's data config: bicubic for most ViTs, bilinear for
     ResNets). `index` maps row i to image index[i] when several rows share one image (SNLI-VE: 530k
     hypotheses about 30k pictures), so every picture is stored once.
+
+    Pictures decoded to disk (an aft.datasets.store.DiskImages) move whole to the device when they fit
+    its free memory with room to spare; else they stay on disk and each batch is read from there by a
+    background thread, ahead of the step that needs it (expect()), into pinned memory on CUDA, and
+    copied to the device while the previous step runs. $AFT_IMAGE_STORE=memory or disk decides instead.
     """
 
     def __init__(self, images, size, mean, std, crop_pct=1.0, interpolation="bilinear", index=None):
         self.images = images
         self.index = index
+        self.host_index = index
+        # a BatchReader while the pictures are read from disk per batch (until to() places them)
+        self.reader = BatchReader(images, torch.device("cpu")) if isinstance(images, DiskImages) else None
         self.size = size
         self.interpolation = interpolation if interpolation in ("bilinear", "bicubic") else "bilinear"
         self.resized = resized_side(size, crop_pct)
@@ -80,14 +98,50 @@ class ImageInputs:
         return len(self.images) if self.index is None else len(self.index)
 
     def to(self, device):
-        self.images, self.mean, self.std = self.images.to(device), self.mean.to(device), self.std.to(device)
+        if isinstance(self.images, DiskImages):
+            self.images = self.place(self.images, device)
+        self.reader = BatchReader(self.images, device) if isinstance(self.images, DiskImages) else None
+        if self.reader is None:
+            self.images = self.images.to(device)
+        self.mean, self.std = self.mean.to(device), self.std.to(device)
         self.channels_last = device.type == "cuda"
         if self.index is not None:
             self.index = self.index.to(device)
         return self
 
+    @staticmethod
+    def place(images, device):
+        """The pictures of `images` in the device's memory when they fit there with room to spare (half of
+        what is free), else `images` itself, read from disk per batch; one line says which."""
+        choice = os.environ.get("AFT_IMAGE_STORE", "auto").strip().lower() or "auto"
+        if choice not in ("auto", "memory", "disk"):
+            raise UserError(f"AFT_IMAGE_STORE={choice} must be auto, memory or disk; unset it to decide by the "
+                            f"free memory")
+        gib, where = images.nbytes / 2 ** 30, "the GPU" if device.type == "cuda" else "memory"
+        if choice == "memory" or (choice == "auto" and images.nbytes < free_memory(device) / 2):
+            print(f"pictures: {len(images)} at {images.size} px ({gib:.2f} GiB) held in {where}", flush=True)
+            return images.load().to(device)
+        print(f"pictures: {len(images)} at {images.size} px ({gib:.2f} GiB) read from disk a batch at a time "
+              f"({'AFT_IMAGE_STORE=disk' if choice == 'disk' else 'more than half the free ' + where})", flush=True)
+        return images
+
+    def expect(self, batches):
+        """The batches of rows (host tensors) that batch() will be asked for next, in order: pictures read
+        from disk are fetched ahead."""
+        if self.reader is not None:
+            self.reader.expect([b if self.host_index is None else self.host_index[b] for b in batches])
+
+    def host_rows(self, idx):
+        """The stored pictures of rows `idx` (a device tensor), as a host tensor: a wait for the device,
+        only when a batch was not announced by expect()."""
+        idx = idx.cpu()
+        return idx if self.host_index is None else self.host_index[idx]
+
     def batch(self, idx, width=None, augment=False):
-        x = self.images[idx if self.index is None else self.index[idx]].float()
+        if self.reader is not None:
+            x = self.reader.next(len(idx), lambda: self.host_rows(idx)).float()
+        else:
+            x = self.images[idx if self.index is None else self.index[idx]].float()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if augment:
@@ -222,6 +276,60 @@ def grayscale(x):
     return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
 
 
+class BatchReader:
+    """Batches of pictures read from disk in a background thread, in the order expect() announced
+    them; next() takes the next one (or reads the asked rows at once when none was announced)."""
+
+    AHEAD = 3  # batches read ahead of the step
+
+    def __init__(self, images, device):
+        self.images, self.device = images, device
+        self.queue, self.stop, self.thread, self.left = None, None, None, 0
+
+    def expect(self, batches):
+        self.cancel()
+        self.queue, self.stop, self.left = queue.Queue(self.AHEAD), threading.Event(), len(batches)
+        self.thread = threading.Thread(target=self.read_all, args=(list(batches), self.queue, self.stop), daemon=True)
+        self.thread.start()
+
+    def read_all(self, batches, out, stop):
+        pin = self.device.type == "cuda"
+        for rows in batches:
+            if stop.is_set():
+                return
+            try:
+                buffer = torch.empty((len(rows), *self.images.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+                item = self.images.read(rows, out=buffer)
+            except BaseException as e:  # handed to the step that needs the batch
+                item = e
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    pass
+
+    def cancel(self):
+        if self.thread is not None:
+            self.stop.set()
+            self.thread.join()
+            self.thread = None
+
+    def next(self, n, rows):
+        """The next batch of n pictures on the device: the one read ahead, else those of rows() now."""
+        if self.thread is None or self.left == 0:
+            pixels = self.images.read(rows())
+        else:
+            pixels = self.queue.get()
+            self.left -= 1
+            if isinstance(pixels, BaseException):
+                raise pixels
+            if len(pixels) != n:
+                raise RuntimeError(f"batch of {n} rows asked, {len(pixels)} read ahead: expect() was told other "
+                                   f"batches")
+        return pixels.to(self.device, non_blocking=True)
+
+
 class ImageText:
     """Raw inputs of an image + text task (SNLI-VE): row i is picture `images[index[i]]` with text
     `texts[i]`. The pictures are decoded once, square uint8 (U, C, H, W), each stored once however many
@@ -270,6 +378,9 @@ class PairInputs:
 
     def widths(self, batches):
         return [None] * len(batches)
+
+    def expect(self, batches):
+        self.image_inputs.expect(batches)
 
 
 MAX_UPSCALE = 4  # beyond this a picture is mostly interpolation: the model computes on blur, and slowly

@@ -6,9 +6,11 @@ the first NaN or inf loss, logs to wandb, and writes the results JSON with its p
 library versions, command line). A trainer is anything with this small protocol:
 
     steps, n_train, n_eval, precision        # totals of the run, and the arithmetic it used
-    decoded_size                             # the side its pictures were decoded to (0: kept as they are)
+    decoded_size, class_names, skipped_rows  # the side its pictures were decoded to (0: kept as they are), the
+                                             # classes, the bad rows of your own data left out
     world                                    # this process among those torchrun started (aft.distributed)
-    widths(batches) -> per-batch text widths (host side, once per epoch; None for fixed-size inputs)
+    widths(batches) -> per-batch text widths (host side, once per epoch; None for fixed-size inputs); the
+                       epoch's batches in order, so pictures kept on disk can be read ahead
     step(idx, width) -> (loss, ce, reg)      # device scalars; idx is a device tensor of train rows
     evaluate() -> accuracy on the evaluation rows
     state_dict() / load_state_dict(state)
@@ -32,7 +34,7 @@ from tqdm import tqdm
 
 from aft.errors import UserError, first_line
 from aft.files import atomic_save, safe_load
-from aft.identity import check_same_run, flat_config
+from aft.identity import check_same_run, flat_config, recorded_identity
 from aft.record import RunRecord, provenance
 
 
@@ -61,7 +63,7 @@ def fit(trainer, plan, started):
     device, steps, world = trainer.device, trainer.steps, trainer.world
     step, evals = 0, []
     if cfg.resume and ckpt_path and os.path.exists(ckpt_path):
-        step, evals = load_checkpoint(ckpt_path, cfg, trainer, device)
+        step, evals = load_checkpoint(ckpt_path, plan, trainer, device)
         print(f"resumed {run_name} from {ckpt_path} at step {step}", flush=True)
 
     wandb_run = start_wandb(cfg, run_name) if cfg.use_wandb and world.is_main else None
@@ -73,6 +75,7 @@ def fit(trainer, plan, started):
     split = "val" if cfg.use_val else "test"
     bar = tqdm(total=steps, initial=step, desc=run_name, leave=False, mininterval=2, file=sys.stderr,
                disable=not world.is_main)
+    train_seconds, mark = 0.0, time.time()  # the steps' own time, evaluations and checkpoints left out
     while step < steps:
         epoch, offset = divmod(step, batches_per_epoch)
         batches = epoch_batches(n_train, cfg.batch_size, cfg.seed, epoch)[offset:]
@@ -86,7 +89,8 @@ def fit(trainer, plan, started):
                                     torch.full_like(first_bad, step), first_bad)
             bar.update(1)
             if step % cfg.eval_steps == 0 or step == steps:
-                bad = int(world.min(torch.where(first_bad < 0, steps + 1, first_bad)))
+                bad = int(world.min(torch.where(first_bad < 0, steps + 1, first_bad)))  # waits for the steps
+                train_seconds += time.time() - mark
                 bad = bad if bad <= steps else -1
                 if bad >= 0:
                     bar.close()  # the error is then the last line on stderr, not glued to the bar
@@ -104,20 +108,23 @@ def fit(trainer, plan, started):
                 if wandb_run is not None:
                     wandb_run.log({"loss": loss_m, "ce": ce_m, "reg": reg_m, f"{split}_acc": acc}, step=step)
                 if ckpt_path:
-                    save_checkpoint(ckpt_path, trainer, step, evals, device, cfg)
+                    save_checkpoint(ckpt_path, trainer, step, evals, device, plan)
+                mark = time.time()
             if step >= steps:
                 break
     bar.close()
-    return finish_run(plan, trainer, split, evals, started, wandb_run)
+    return finish_run(plan, trainer, split, evals, started, wandb_run, train_seconds)
 
 
-def finish_run(plan, trainer, split, evals, started, wandb_run):
+def finish_run(plan, trainer, split, evals, started, wandb_run, train_seconds):
     """The results record of a run, written by rank 0 (and its wandb summary); returns the record."""
     record = RunRecord(run_name=plan.run_name, config=flat_config(plan.cfg), steps=trainer.steps, eval_split=split,
                        n_train=trainer.n_train, n_eval=trainer.n_eval, evals=evals, final_acc=evals[-1]["acc"],
                        device=trainer.device.type, precision=trainer.precision, world_size=trainer.world.size,
                        decoded_size=trainer.decoded_size, seconds=round(time.time() - started, 1),
-                       provenance=provenance())
+                       train_seconds=round(train_seconds, 2),
+                       provenance=provenance(), identity=plan.identity, dataset=plan.dataset.name,
+                       classes=trainer.class_names, skipped_rows=trainer.skipped_rows)
     if trainer.world.is_main:
         record.write(plan.results_path)
     if wandb_run is not None:
@@ -133,13 +140,14 @@ def rng_state(device):
     return state
 
 
-def save_checkpoint(path, trainer, step, evals, device, cfg):
+def save_checkpoint(path, trainer, step, evals, device, plan):
     """Rank 0 writes the trainer's state (the same on every rank) and every rank's RNG state."""
     world = trainer.world
     rngs = world.gather_objects(rng_state(device))
     if world.is_main:
         # evals and config as JSON strings: the file stays loadable with weights_only=True
-        state = dict(trainer.state_dict(), step=step, evals=json.dumps(evals), config=json.dumps(flat_config(cfg)),
+        state = dict(trainer.state_dict(), step=step, evals=json.dumps(evals), config=json.dumps(flat_config(plan.cfg)),
+                     identity=json.dumps(plan.identity),
                      **rngs[0])
         if world.size > 1:
             state["rng_ranks"] = rngs
@@ -153,20 +161,21 @@ AFRESH = "delete it, or pass another --run_name or --ckpt_dir, to start afresh"
 
 
 def read_checkpoint(path, mmap=False):
-    """(state, config dict) of a checkpoint written by save_checkpoint; any other file is refused.
-    With mmap the tensors are mapped rather than read: cheap when only the config is wanted."""
+    """(state, identity) of a checkpoint written by save_checkpoint; any other file is refused. With
+    mmap the tensors are mapped rather than read: cheap when only the identity is wanted."""
     state = safe_load(path, "checkpoint", mmap=mmap)
     if not isinstance(state, dict) or not {"model", "optimizer", "step", "evals", "rng_cpu"} <= set(state):
         raise UserError(f"{path} is not a checkpoint written by run.py; {AFRESH}")
-    return state, json.loads(state.get("config", "{}"))
+    identity = json.loads(state["identity"]) if "identity" in state else None
+    return state, recorded_identity(json.loads(state.get("config", "{}")), identity)
 
 
-def load_checkpoint(path, cfg, trainer, device):
+def load_checkpoint(path, plan, trainer, device):
     """Restore the trainer's state and the RNG from a checkpoint; returns (step, evals). A checkpoint
     of other settings (any flag outside the bookkeeping ones) is refused: resuming it would silently
     mix two runs into one result."""
     state, saved = read_checkpoint(path)
-    check_same_run(path, saved, cfg, f"resume with the same flags, or {AFRESH}")
+    check_same_run(path, saved, plan.identity, f"resume with the same flags, or {AFRESH}")
     try:
         trainer.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as e:

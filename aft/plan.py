@@ -14,7 +14,7 @@ from aft.datasets.decode import decode_size
 from aft.distributed import SINGLE
 from aft.errors import UserError, check_bounds
 from aft.features import cached_modality, feature_path
-from aft.identity import default_run_name
+from aft.identity import default_run_name, result_identity
 from aft.methods import get_method, hyperparameters
 from aft.models import check_modality, resolve_model
 from aft.runtime import resolve_device, resolve_precision
@@ -46,6 +46,7 @@ class RunPlan:
     device: object  # torch.device of this process
     precision: str  # "bf16" or "fp32"
     run_name: str
+    identity: dict  # every setting that changes what the run computes (aft.identity)
     world: object = SINGLE  # this process among those torchrun started (aft.distributed)
 
     @property
@@ -57,13 +58,19 @@ class RunPlan:
         return os.path.join(self.cfg.ckpt_dir, f"{self.run_name}.pt") if self.cfg.ckpt_dir else None
 
     @property
+    def holds_out(self):
+        """Whether --use_val evaluates on a share held out of the train split (the dataset has no
+        validation split of its own)."""
+        return self.cfg.use_val and not self.dataset.has_val
+
+    @property
     def missing(self):
         """The pre-trained models whose cache is computed before training."""
         return [t.name for t in self.teachers if not t.cached]
 
     def rows(self, n_train):
         """(rows trained on, held-out rows evaluated on or None) of a train split of n_train rows."""
-        return train_eval_indices(n_train, self.cfg.train_frac, self.cfg.use_val)
+        return train_eval_indices(n_train, self.cfg.train_frac, self.holds_out)
 
 
 def method_settings(cfg, method):
@@ -98,7 +105,7 @@ def make_plan(cfg, world=SINGLE):
     if cfg.batch_size % world.size:
         raise UserError(f"--batch_size={cfg.batch_size} is the batch of all {world.size} processes together and "
                         f"must divide evenly among them; use a multiple of {world.size}")
-    dataset = dataset_entry(cfg.dataset)
+    dataset = dataset_entry(cfg.dataset, cfg.data.check())
     # The downstream model (a linear probe has none) and every teacher whose features will be
     # computed must read the dataset's inputs: said now, not after a long load or extraction. An
     # unknown name fails here too. A cached teacher's modality was checked when its cache was made.
@@ -106,7 +113,7 @@ def make_plan(cfg, world=SINGLE):
     if student is not None:
         check_modality(student, dataset)
     names = cfg.teacher_names if method.uses_teacher else []
-    paths = [feature_path(cfg.features_dir, name, cfg.dataset) for name in names]
+    paths = [feature_path(cfg.features_dir, name, dataset.name) for name in names]
     cached = world.gather_objects([os.path.exists(p) for p in paths])[0]
     teachers = tuple(TeacherPlan(name, path, there, None if there else resolve_model(name))
                      for name, path, there in zip(names, paths, cached))
@@ -116,11 +123,12 @@ def make_plan(cfg, world=SINGLE):
             if t.spec.downstream_only:
                 raise UserError(t.spec.downstream_only)
     if tensor_product(dataset.modality):
-        method.check_tensor_product(cfg.dataset, [t.modality for t in teachers],
+        method.check_tensor_product(dataset.name, [t.modality for t in teachers],
                                     student.product_factors if student else None)
     device = world.device(resolve_device(cfg.device))
     return RunPlan(cfg, method, settings, dataset, student, teachers, pictures_side(cfg, student, teachers), device,
-                   resolve_precision(cfg.precision, device), cfg.run_name or default_run_name(cfg), world)
+                   resolve_precision(cfg.precision, device), cfg.run_name or default_run_name(cfg, dataset),
+                   result_identity(cfg, dataset), world)
 
 
 def pictures_side(cfg, student, teachers):

@@ -42,7 +42,7 @@ def logme_keys(train_frac, use_val):
 
 
 def logme_command(model, teachers):
-    cmd = f"python logme.py --model_class={model} --dataset={teachers.dataset}"
+    cmd = f"python logme.py --model_class={model} {teachers.flags or f'--dataset={teachers.dataset}'}"
     if teachers.train_frac != 1:
         cmd += f" --train_frac={teachers.train_frac}"
     if teachers.use_val:
@@ -73,7 +73,7 @@ def read_own_logme(model, width, teachers):
     own_path = feature_path(teachers.features_dir, model, teachers.dataset)
     if not os.path.exists(own_path):
         raise UserError(f"B-Tuning needs {own_path}; create it with: "
-                        f"{save_features_command(model, teachers.dataset, teachers.features_dir)}, "
+                        f"{save_features_command(model, teachers.dataset, teachers.features_dir, flags=teachers.flags)}, "
                         f"then run: {logme_command(model, teachers)}")
     cache = teachers.cache_of(model)
     _, own = read_logme(model, cache, cache["train"].shape[1], teachers)
@@ -82,7 +82,8 @@ def read_own_logme(model, width, teachers):
             f"B-Tuning reads the downstream model's features through the LogME weights of its own "
             f"pre-trained features, {own_path}, which are {own.shape[1]} wide, but {model}'s "
             f"features (the input of its head) are {width} wide; that file must hold the features "
-            f"of --model_class={model} itself: {save_features_command(model, teachers.dataset, teachers.features_dir)}")
+            f"of --model_class={model} itself: "
+            f"{save_features_command(model, teachers.dataset, teachers.features_dir, flags=teachers.flags)}")
     return own
 
 

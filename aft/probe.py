@@ -22,7 +22,7 @@ class ProbeTrainer:
         self.x_eval = join_features([t.float() for t in teachers.eval], product).to(device)
         self.y_eval = eval_split.labels.to(device)
         self.n_train, self.n_eval = len(self.y_train), len(self.y_eval)
-        self.decoded_size = task.decoded_size
+        self.decoded_size, self.class_names, self.skipped_rows = task.decoded_size, task.class_names, task.skipped
         self.model = method_cls(teachers.dims, task.num_classes, product=product).to(device)
         self.forward = world.data_parallel(self.model, device)
         self.share = world.shard(batch_rows(cfg.batch_size, self.n_train))

@@ -35,7 +35,12 @@ class RunRecord:
     world_size: int  # processes (torchrun)
     decoded_size: int  # side of the squares the pictures were decoded to (0: kept as they are)
     seconds: float
+    train_seconds: float = None  # the training steps' own share of `seconds` (None in files of earlier code)
     provenance: dict = field(default_factory=dict)  # commit, dirty, library versions, argv
+    identity: dict = None  # what makes it this run (aft.identity.result_identity); None in files of earlier code
+    dataset: str = ""  # the dataset's name in files: your own data's by what it is (aft.datasets.own)
+    classes: list = field(default_factory=list)  # the class of each label index
+    skipped_rows: int = 0  # bad rows of your own data left out (--skip_bad_rows)
     version: int = VERSION
 
     def write(self, path):

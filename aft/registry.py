@@ -65,5 +65,5 @@ class Registry:
 
     def unknown(self, name):
         candidates = list(self.entries) + (list(self.more_names()) if self.more_names else [])
-        valid = self.valid or ", ".join(self.names())
+        valid = (self.valid or "{registered}").format(registered=", ".join(self.names()))
         return UserError(f"unknown {self.kind} {name!r}{did_you_mean(name, candidates)}; valid {self.kind}s: {valid}")

@@ -65,7 +65,7 @@ def read_record(path):
         method = cfg["method"]
         facts = METHODS[method]
         return dict(
-            dataset=cfg["dataset"], model=cfg["model_class"], method=method,
+            dataset=res.dataset or cfg["dataset"], model=cfg["model_class"], method=method,
             teachers=cfg.get("pretrained_models", "") if facts.uses_teacher else "",
             train_frac=float(cfg.get("train_frac", 1.0)),
             prec=float(cfg["prec"]) if facts.takes_beta() else 0.0, lr=float(cfg["lr"]), seed=int(cfg["seed"]),

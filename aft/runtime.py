@@ -17,6 +17,36 @@ def resolve_device(name="auto"):
     return torch.device(name)
 
 
+def free_memory(device):
+    """Bytes this process can still fill on `device`: the GPU's free memory; on the host the kernel's
+    MemAvailable, and what the process's own limits (RLIMIT_DATA, RLIMIT_AS) leave it, where set."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    free = [kib * 1024 for kib in proc_fields("/proc/meminfo", "MemAvailable")]
+    try:
+        import resource
+        used = dict(zip(("VmData", "VmSize"), (kib * 1024 for kib in proc_fields("/proc/self/status", "VmData",
+                                                                                    "VmSize"))))
+        for limit, field in ((resource.RLIMIT_DATA, "VmData"), (resource.RLIMIT_AS, "VmSize")):
+            soft = resource.getrlimit(limit)[0]
+            if soft != resource.RLIM_INFINITY:
+                free.append(max(0, soft - used.get(field, 0)))
+    except ImportError:  # no resource module (Windows)
+        pass
+    return min(free) if free else 1 << 62
+
+
+def proc_fields(path, *names):
+    """The kB values of lines `NAME: value kB` of a /proc file, in the order of `names` (none where the
+    file or a line is missing)."""
+    try:
+        with open(path) as f:
+            found = {line.split(":")[0]: int(line.split()[1]) for line in f if line.split(":")[0] in names}
+        return [found[name] for name in names if name in found]
+    except (OSError, ValueError, IndexError):
+        return []
+
+
 def resolve_precision(name, device):
     """auto: bf16 autocast on CUDA, fp32 on a CPU. A CPU with native bf16 (AVX512-BF16, AMX) runs
     --precision=bf16 about twice as fast, but one without emulates it slowly, and a default that

@@ -39,6 +39,7 @@ def eval_batches(model, inputs, rows, batch_size, device, precision):
     model.eval()
     batches = list(rows.split(batch_size))
     widths = inputs.widths(batches)  # host side
+    inputs.expect(batches)
     for idx, width in zip(rows.to(device).split(batch_size), widths):
         with autocast(device, precision):
             logits, phi = model(inputs.batch(idx, width))
@@ -76,7 +77,7 @@ class Trainer:
         self.eval_inputs = plan.student.make_inputs(eval_split.inputs, task, image_size).to(device)
         self.eval_labels = eval_split.labels.to(device)
         self.n_train, self.n_eval = len(self.train_labels), len(self.eval_labels)
-        self.decoded_size = task.decoded_size
+        self.decoded_size, self.class_names, self.skipped_rows = task.decoded_size, task.class_names, task.skipped
         self.augment = method_cls.augments(plan.settings) and task.modality == "image"
         self.share = world.shard(batch_rows(cfg.batch_size, self.n_train))  # this process's rows of every global batch
         self.gathers = method_cls.takes_beta()  # only a regulariser reads the global batch's phi
@@ -98,6 +99,9 @@ class Trainer:
             seed_everything(rank_seed(self.cfg.seed, self.world.rank))
 
     def widths(self, batches):
+        """The text width of each global batch (host side, once per epoch); pictures read from disk
+        start coming for this process's share of each."""
+        self.train_inputs.expect([b[self.share] for b in batches])
         return self.train_inputs.widths(batches)
 
     def step(self, idx, width=None):

@@ -137,7 +137,8 @@ def project_trainer(name, method, task, psi, steps, batch_size, image_size, devi
                  image_size=image_size, device=str(device), precision=precision)
     method_cls = get_method(method)
     plan = RunPlan(cfg, method_cls, method_settings(cfg, method_cls), dataset=None, student=resolve_model(name),
-                   teachers=(), decode_size=0, device=device, precision=precision, run_name="benchmark", world=world)
+                   teachers=(), decode_size=0, device=device, precision=precision, run_name="benchmark", identity={},
+                   world=world)
     rows = torch.arange(len(task.train))
     teachers = TeacherFeatures(["random"], [dict(train=psi)], rows, task.name, cfg.features_dir, 1.0, False) \
         if method_cls.uses_teacher else None

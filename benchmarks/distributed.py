@@ -106,7 +106,7 @@ def bench_extract(args, world, name, device, precision):
     sync(device)
     own = time.perf_counter() - t0
     world.barrier()
-    feats = merge_chunks(folder, identity, chunks, 0) if world.is_main else None
+    feats = merge_chunks(folder, identity, chunks, 0)[1] if world.is_main else None
     wall = time.perf_counter() - t0
     mine = sum(len(chunks[k]) for k in range(world.rank, len(chunks), world.size))
     per_process = world.gather_objects(round(mine / own, 2))

@@ -18,7 +18,8 @@ sweep_settings() {
     BATCH_SIZE=${BATCH_SIZE:-128}
     LR=${LR:-1e-4}
     EXTRA=${EXTRA:-}                           # more run.py flags, e.g. "--image_size=16 --device=cpu"
-    SWEEP=$(echo "${DATASET}_$MODEL" | tr / -)
+    PROMPT=${PROMPT:-}                         # your own text data: --prompt (it may hold spaces, EXTRA may not)
+    SWEEP=$(echo "${DATASET}_$MODEL" | tr / - | sed 's/^[-.]*//')
     OUT=${OUT:-results/sweep_$SWEEP}           # results JSONs, beta.png, chosen.txt; one folder per dataset and model,
     CKPT_DIR=${CKPT_DIR:-checkpoints/sweep_$SWEEP}  # so the table and the chosen betas are this sweep's
     USE_WANDB=${USE_WANDB:-False}
@@ -76,7 +77,7 @@ train() {
         --pretrained_models="$PRETRAINED" --use_val="$4" --method="$1" --prec="$2" --steps="$STEPS" \
         --eval_steps="$EVAL_STEPS" --batch_size="$BATCH_SIZE" --lr="$LR" --no_augment=True \
         --use_wandb="$USE_WANDB" --wandb_group="$WANDB_GROUP" --out_dir="$OUT" \
-        --ckpt_dir="$CKPT_DIR" --resume=True --skip_done=True $EXTRA $DEVICE_FLAG || return
+        --ckpt_dir="$CKPT_DIR" --resume=True --skip_done=True --prompt="$PROMPT" $EXTRA $DEVICE_FLAG || return
     # Finished runs' checkpoints go: their results JSONs are what counts now. A checkpoint and a
     # results JSON of one (hashed) name are of the same configuration, so a running run's stays.
     for ckpt in "$CKPT_DIR"/*.pt; do

@@ -17,6 +17,16 @@ needs_cpp_compiler = pytest.mark.skipif(
     reason="torch.compile on a CPU needs a C++ compiler and Python's headers: apt install g++ python3-dev")
 
 
+def pixels(images):
+    """The uint8 pictures of a split's inputs, in memory (decoded sets keep them on disk)."""
+    return images.load() if hasattr(images, "load") else images
+
+
+def visible(folder):
+    """The names in `folder` but hidden ones (locks), sorted."""
+    return sorted(name for name in os.listdir(folder) if not name.startswith("."))
+
+
 @pytest.fixture
 def cfg():
     from aft.config import Config

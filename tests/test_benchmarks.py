@@ -142,3 +142,14 @@ def test_gpu_check_script_parses():
     sh = "bash" if subprocess.run(["which", "bash"], capture_output=True).returncode == 0 else "sh"
     out = subprocess.run([sh, "-n", os.path.join(ROOT, "benchmarks", "gpu_check.sh")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_own_data_tiny():
+    """A picture folder through save_features.py and run.py, the run once reading its pictures from disk
+    a batch at a time and once holding them in memory; each line has its rate and peak memory."""
+    lines = run_bench("own_data.py")
+    folder, saved, *runs, summary = lines[1:]
+    assert folder["pictures"] == 200 and saved["images"] == 200 and saved["peak_rss_gib"] > 0
+    assert [(r["store"], r["streamed"], r["n_train"]) for r in runs] == [("disk", True, 160), ("memory", False, 160)]
+    assert all(r["images_per_s"] > 0 for r in runs)
+    assert summary["disk_over_memory"] == pytest.approx(runs[0]["images_per_s"] / runs[1]["images_per_s"], rel=0.05)

@@ -35,7 +35,7 @@ def test_image_student_on_a_text_dataset_fails_before_anything_loads(tmp_path, m
     def no_loading(*args, **kwargs):
         raise AssertionError("the dataset was loaded")
 
-    monkeypatch.setattr(aft.experiment, "load_task", no_loading)
+    monkeypatch.setattr(aft.experiment, "load_entry", no_loading)
     monkeypatch.setattr(aft.teachers, "extract_to_cache", no_extraction)
     cfg = Config(model_class="resnet10t", features_dir=str(tmp_path / "features"), out_dir=str(tmp_path / "results"))
     with pytest.raises(UserError) as e:

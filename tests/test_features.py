@@ -1,4 +1,5 @@
 """The feature cache: round trip, atomic writes, and every mismatch refused with a clear error."""
+import hashlib
 import os
 
 import pytest
@@ -93,16 +94,20 @@ def test_nan_features_are_refused(tmp_path):
 
 
 def test_a_local_model_folder_is_cached_inside_the_features_folder(tmp_path, monkeypatch):
-    """A model given as a folder (absolute or relative) gets a cache named by the folder's name inside
-    --features_dir, never a file beside the model folder; its path is recorded in the meta."""
+    """A model given as a folder (absolute or relative, with or without a trailing /) gets a cache named
+    by the folder's name and a hash of its real path inside --features_dir, never a file beside the
+    model folder; its path is recorded in the meta. Two folders of one name get two files."""
     model_dir = tmp_path / "models" / "all-mpnet-base-v2"
     model_dir.mkdir(parents=True)
+    (tmp_path / "other" / "all-mpnet-base-v2").mkdir(parents=True)
     features_dir = str(tmp_path / "features")
-    for name in (str(model_dir), f"local-dir:{model_dir}"):
-        assert feature_path(features_dir, name, "tweets") == os.path.join(features_dir, "all-mpnet-base-v2_tweets.pt")
+    digest = hashlib.sha256(os.path.realpath(model_dir).encode()).hexdigest()[:8]
+    expected = os.path.join(features_dir, f"all-mpnet-base-v2-{digest}_tweets.pt")
+    for name in (str(model_dir), f"{model_dir}/", f"local-dir:{model_dir}"):
+        assert feature_path(features_dir, name, "tweets") == expected
     monkeypatch.chdir(tmp_path)
-    assert feature_path("./features", "models/all-mpnet-base-v2", "tweets") == \
-        os.path.join("./features", "all-mpnet-base-v2_tweets.pt")
+    assert feature_path(features_dir, "models/all-mpnet-base-v2", "tweets") == expected
+    assert feature_path(features_dir, "other/all-mpnet-base-v2", "tweets") != expected
     # a Hugging Face id is no folder here: sub-folders, as the paper's cache
     assert feature_path("./features", "sentence-transformers/all-mpnet-base-v2", "tweets") == \
         os.path.join("./features", "sentence-transformers/all-mpnet-base-v2_tweets.pt")

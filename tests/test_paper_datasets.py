@@ -13,6 +13,7 @@ import torch
 
 from aft.datasets import DATASETS, load_task
 from aft.errors import UserError
+from tests.conftest import pixels, visible
 
 PAPER_DATASETS = ["cifar10", "cifar100", "flowers", "pets", "aircraft", "dtd", "food", "imdb", "boolq", "cola",
                   "sst2", "mrpc", "qqp", "qnli", "rte", "wnli", "mnli", "snli-ve"]
@@ -147,13 +148,14 @@ def test_images_are_decoded_once_and_kept(tmp_path, monkeypatch):
     import aft.datasets.torchvision_sets as tv
     write_dtd(str(tmp_path))
     first = load_task("dtd", str(tmp_path))
-    assert sorted(os.listdir(tmp_path / "aft-decoded")) == ["dtd-test-256px.pt", "dtd-train-256px.pt"]
+    assert visible(tmp_path / "aft-decoded") == ["dtd-test-256px.json", "dtd-test-256px.u8", "dtd-train-256px.json",
+                                                "dtd-train-256px.u8"]
 
     def no_decoding(*a, **k):
         raise AssertionError("decoded again")
     monkeypatch.setattr(tv, "square_uint8", no_decoding)
     again = load_task("dtd", str(tmp_path))
-    assert torch.equal(again.train.inputs, first.train.inputs) and torch.equal(again.test.labels, first.test.labels)
+    assert torch.equal(pixels(again.train.inputs), pixels(first.train.inputs)) and torch.equal(again.test.labels, first.test.labels)
 
 
 def test_square_is_the_central_crop_of_the_resized_image():
@@ -223,12 +225,11 @@ def test_flowers_through_torchvision_interface(monkeypatch, tmp_path):
             return self.transform(img), 101 - i
 
     monkeypatch.setattr(torchvision.datasets, "Flowers102", FakeFlowers)
-    monkeypatch.setenv("AFT_DECODED_CACHE", "0")
     task = load_task("flowers", str(tmp_path))
     assert calls == ["train", "test"] and task.num_classes == 102
     _square_ok(task, 5, 3, 102)
     assert task.train.labels.tolist() == [101, 100, 99, 98, 97]
-    assert task.train.inputs[2].float().mean() == 20  # a flat picture stays flat
+    assert pixels(task.train.inputs)[2].float().mean() == 20  # a flat picture stays flat
 
 
 @pytest.mark.parametrize("name, folder", [("pets", "oxford-iiit-pet"), ("food", "food-101"), ("cifar10", "cifar-10-batches-py"),
@@ -370,7 +371,7 @@ def test_snli_ve_pictures_once_with_their_hypotheses(tmp_path):
     assert task.train.inputs.texts == [h for _, h in train] and task.train.labels.tolist() == [0, 1, 2, 0, 1]
     assert task.train.inputs.images.shape == (3, 3, 256, 256)  # 3 distinct pictures for 5 rows
     assert task.train.inputs.index.tolist() == [0, 1, 0, 2, 1]
-    assert [int(task.train.inputs.images[p].float().mean()) for p in range(3)] == [0, 40, 80]
+    assert [int(pixels(task.train.inputs.images)[p].float().mean()) for p in range(3)] == [0, 40, 80]
     sub = task.train.subset(torch.tensor([3, 0]))
     assert sub.inputs.texts == ["Nobody is here.", "A dog runs."] and sub.labels.tolist() == [0, 0]
     assert sub.inputs.index.tolist() == [2, 0]
@@ -427,6 +428,6 @@ def test_each_decode_size_has_its_own_decoded_file(tmp_path, monkeypatch):
     large = load_task("dtd", str(tmp_path), 64)
     assert small.train.inputs.shape[-2:] == (48, 48) and large.train.inputs.shape[-2:] == (64, 64)
     assert (small.decoded_size, large.decoded_size) == (48, 64)
-    assert sorted(os.listdir(tmp_path / "aft-decoded")) == ["dtd-test-48px.pt", "dtd-test-64px.pt",
-                                                            "dtd-train-48px.pt", "dtd-train-64px.pt"]
-    assert torch.equal(load_task("dtd", str(tmp_path), 48).train.inputs, small.train.inputs)
+    assert visible(tmp_path / "aft-decoded") == [f"dtd-{split}-{size}px.{ext}" for split in ("test", "train")
+                                                 for size in (48, 64) for ext in ("json", "u8")]
+    assert torch.equal(pixels(load_task("dtd", str(tmp_path), 48).train.inputs), pixels(small.train.inputs))

@@ -7,11 +7,11 @@ the canonical split order: the feature cache relies on that order. Tokenising an
 model's size belong to the model (aft.inputs), not to the dataset.
 """
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
-from aft.errors import UserError
+from aft.errors import UserError, check_bounds
 from aft.registry import Registry
 
 VAL_SPLIT_SEED = 42  # the paper's fixed seed for the 10% validation hold-out
@@ -42,18 +42,78 @@ class Task:
     step_multiplier: int = 1  # the paper runs 4x the steps on mnli, qqp, qnli
     class_names: list = field(default_factory=list)
     decoded_size: int = 0  # side of the squares pictures of varying size were decoded to; 0: kept as they are
+    val: Split = None  # the dataset's own validation split, where it has one (--use_val evaluates on it)
+    skipped: int = 0  # bad rows left out (--skip_bad_rows)
+    fingerprint: str = ""  # your own data's files as they are (the DatasetEntry's)
+    flags: str = ""  # how the dataset is given on the command line (the DatasetEntry's)
+
+
+def option(default, help, choices=None, bound=None):
+    return field(default=default, metadata=dict(help=help, choices=choices, bound=bound))
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How to read the researcher's own data (an image folder, a text table, a Hugging Face dataset):
+    flags of every script, at their defaults for the registered datasets."""
+    text_columns: str = option("", "your own text data: the comma-separated columns holding the text (default: the "
+                                   "fields of --prompt, else a column named text or sentence)")
+    label_column: str = option("label", "your own data: the column holding the label (strings or integers)")
+    prompt: str = option("", "your own text data: the template each row's text is written into, "
+                             "'Question: {question} Answer: ' style (default: the text columns, one per line)")
+    image_column: str = option("", "a Hugging Face dataset: the column holding pictures (default: image, when there "
+                                   "is one)")
+    truncation_side: str = option("right", "your own text data: which end of a too-long text the tokenizer cuts",
+                                  choices=["left", "right"])
+    train_split: str = option("train", "your own data: the split (sub-folder, file or Hugging Face split) trained on")
+    test_split: str = option("test", "your own data: the split evaluated on")
+    val_split: str = option("", "your own data: the split --use_val evaluates on (default: val or validation, when "
+                                "there is one; else 10% of the train split is held out)")
+    test_frac: float = option(0.2, "your own data without a test split: the fraction of its rows held out as test",
+                              bound="(0, 1)")
+    split_seed: int = option(0, "your own data without a test split: the seed of the test rows drawn", bound=">= 0")
+    skip_bad_rows: bool = option(False, "your own data: leave out unreadable pictures, empty texts and rows without a "
+                                        "label (counted in the feature cache and the results) instead of stopping")
+
+    def check(self):
+        """Each option within its bound and choices, before any work; returns self."""
+        check_bounds(self, {f.name: f.metadata["bound"] for f in fields(self) if f.metadata["bound"]})
+        for f in fields(self):
+            if f.metadata["choices"] and getattr(self, f.name) not in f.metadata["choices"]:
+                raise UserError(f"--{f.name}={getattr(self, f.name)}; valid: {', '.join(f.metadata['choices'])}")
+        return self
+
+    def changed(self):
+        """{flag: value} of the options not at their defaults."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
 
 
 @dataclass(frozen=True)
 class DatasetEntry:
     """What the registry knows of a dataset without loading it: enough for the checks made before any
     work (aft.models.check_modality reads only the name and the modality, of a Task or of this)."""
-    name: str
+    name: str  # the dataset's name in file names and results: a registered name, or your data's (aft.datasets.own)
     modality: str  # that of the Task `load` returns
     load: object  # load(data_dir, decode_size) -> Task; decode_size: side of the squares pictures of varying size become
+    has_val: bool = False  # the dataset has a validation split of its own (--use_val evaluates on it)
+    fingerprint: str = ""  # your own data's files as they are (names, sizes, times): a cache of other files is stale
+    given: str = ""  # your own data: its --dataset and own-data flags as given, for the commands an error prints
+
+    @property
+    def flags(self):
+        """The dataset on a command line: --dataset=NAME, or your own data's flags as given."""
+        return self.given or f"--dataset={self.name}"
+
+    def resolve(self, name, options):
+        """The registered dataset itself: the own-data options do not apply to it."""
+        if options.changed():
+            flag = next(iter(options.changed()))
+            raise UserError(f"--{flag} is for your own data (a folder, a table file or a Hugging Face dataset); "
+                            f"{self.name} is read as the paper's code reads it: drop --{flag}")
+        return self
 
 
-DATASETS = Registry("dataset")  # name -> DatasetEntry
+DATASETS = Registry("dataset")  # name -> DatasetEntry, or (aft.datasets.own) a kind of data by the form of its name
 
 
 def tensor_product(modality):

@@ -12,18 +12,19 @@ that model sees the picture resized once from the original, as timm's transform 
 sees an upsampled copy; `AFT_IMAGE_SIZE` overrides it, and DEFAULT_DECODE_SIZE serves a load that
 feeds no model (logme.py reads only labels). Each model then resizes that square on the device to its
 own size, crop fraction, interpolation, mean and std (timm's eval transform applied to the square).
-The decoded arrays are kept in `{data folder}/aft-decoded/`, one file per split and decode size, so
-later runs skip decoding (`AFT_DECODED_CACHE=0` turns that off; delete the folder after changing a
-dataset's files).
+The decoded pictures are kept on disk (aft.datasets.store) in `{data folder}/aft-decoded/`
+(`$AFT_DECODED_DIR` instead, when set), one file per split and decode size, so later runs skip
+decoding and a set larger than memory is read a batch at a time (delete the folder after changing a
+registered dataset's files; your own data's files are fingerprinted).
 """
+import io
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
+from aft.datasets.store import open_store, write_store
 from aft.errors import UserError
-from aft.files import atomic_save, safe_load
 
 DEFAULT_DECODE_SIZE = 256  # side of the decoded squares when no model of the run says what it needs
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -77,39 +78,23 @@ def square_uint8(img, size):
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
 
 
-def decode_rows(n, get, size, desc):
-    """Call get(i) -> (uint8 (3, size, size), label) for every row, in threads (PIL decodes and
-    resizes without holding the GIL), into one preallocated tensor."""
-    from tqdm import tqdm
-    images = torch.empty((n, 3, size, size), dtype=torch.uint8)
-    labels = torch.empty(n, dtype=torch.long)
-
-    def work(i):
-        image, label = get(i)
-        images[i] = image
-        labels[i] = int(label)
-
-    with ThreadPoolExecutor(workers()) as pool:
-        for _ in tqdm(pool.map(work, range(n)), total=n, desc=f"decoding {desc}", leave=False, mininterval=2):
-            pass
-    return images, labels
+def open_picture(cell):
+    """A PIL image from a Hugging Face image cell (its bytes, or a path), or from a path."""
+    from PIL import Image
+    if isinstance(cell, dict):
+        return Image.open(io.BytesIO(cell["bytes"])) if cell.get("bytes") is not None else Image.open(cell["path"])
+    return Image.open(cell)
 
 
-def decoded_cache(root, key, n, make):
-    """`make()` -> dict of tensors, kept at {root}/aft-decoded/{key}.pt; reused while it holds n rows."""
-    path = os.path.join(root, "aft-decoded", f"{key}.pt")
-    use = os.environ.get("AFT_DECODED_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
-    if use and os.path.exists(path):
-        try:
-            cached = safe_load(path, "decoded-image cache", mmap=True)
-            if int(cached["n"]) == n:
-                return cached
-        except Exception:  # unreadable or stale: decode again and replace it
-            pass
-    out = make()
-    if use:
-        try:
-            atomic_save(dict(out, n=n), path)
-        except OSError:  # a read-only data folder: decoding again next time is the only cost
-            pass
-    return out
+def decoded_folder(root):
+    """Where decoded pictures are kept: $AFT_DECODED_DIR, else {data folder}/aft-decoded."""
+    return os.path.abspath(os.path.expanduser(os.environ.get("AFT_DECODED_DIR") or os.path.join(root, "aft-decoded")))
+
+
+def decoded_store(root, key, n, get, size, desc):
+    """The n pictures get(i) -> (uint8 (3, size, size), label) decodes, kept on disk under `key`
+    (aft.datasets.store): decoded once, in threads (PIL decodes and resizes without holding the GIL),
+    read back on later runs. Returns (DiskImages, labels, info); info["bad"] lists the rows whose
+    picture could not be read, as [row, reason]."""
+    return open_store(decoded_folder(root), key, n) or write_store(decoded_folder(root), key, n, size, get, workers(),
+                                                                   desc=f"decoding {desc}")

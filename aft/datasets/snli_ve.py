@@ -1,13 +1,11 @@
 """SNLI-VE: Flickr30k pictures paired with SNLI hypotheses (entailment / neutral / contradiction),
 from the Hugging Face copies the paper code loaded."""
-import io
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 
 from aft.datasets.base import Split, Task, register_dataset
-from aft.datasets.decode import data_root, decoded_cache, square_uint8, workers
+from aft.datasets.decode import data_root, decoded_store, open_picture, square_uint8
 from aft.datasets.hf_text import hf_labels, hf_split
+from aft.errors import UserError
 from aft.inputs import ImageText
 
 SNLI_VE = {"train": "Multimodal-Fatima/SNLI-VE_train", "test": "Multimodal-Fatima/SNLI-VE_test"}
@@ -32,24 +30,13 @@ def _snli_ve_split(split, root, size):
     index = torch.as_tensor(index, dtype=torch.long)
     pictures = ds.select(picture_rows).select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
 
-    def make():
-        from PIL import Image
-        from tqdm import tqdm
-        images = torch.empty((len(pictures), 3, size, size), dtype=torch.uint8)
-        with ThreadPoolExecutor(workers()) as pool:  # bytes read here a batch at a time, decoded in threads
-            for start in tqdm(range(0, len(pictures), 512), desc=f"decoding snli-ve {split} pictures at {size} px",
-                              leave=False, mininterval=2):
-                cells = pictures[start:start + 512]["image"]
-
-                def work(j):
-                    data = cells[j].get("bytes")
-                    img = Image.open(io.BytesIO(data)) if data is not None else Image.open(cells[j]["path"])
-                    images[start + j] = square_uint8(img, size)
-
-                list(pool.map(work, range(len(cells))))
-        return {"images": images}
-
-    images = decoded_cache(root, f"snli-ve-{split}-{size}px", len(pictures), make)["images"]
+    images, _, info = decoded_store(root, f"snli-ve-{split}-{size}px", len(pictures),
+                                    lambda i: (square_uint8(open_picture(pictures[i]["image"]), size), 0), size,
+                                    f"snli-ve {split} pictures at {size} px")
+    if info["bad"]:
+        row, reason = info["bad"][0]
+        raise UserError(f"snli-ve {split}: picture {row} cannot be read ({reason}); download the dataset again, "
+                        f"then delete {images.path} and its .json")
     keep = labels >= 0
     if not bool(keep.all()):
         index, labels = index[keep], labels[keep]

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from aft.datasets.base import Split, Task, register_dataset
-from aft.datasets.decode import data_root, decode_rows, decoded_cache, offline, offline_reason, square_uint8
+from aft.datasets.decode import data_root, decoded_store, offline, offline_reason, square_uint8
 from aft.errors import UserError, first_line
 
 # name: (torchvision class, its folder under the root, train split, test split, classes)
@@ -52,14 +52,13 @@ def _torchvision_split(name, root, split_kwargs, size):
                      torch.as_tensor(ds.targets, dtype=torch.long)), list(ds.classes)
     ds = _open_torchvision(name, root, split_kwargs, transform=partial(square_uint8, size=size))
     split_name = "-".join(str(v) for v in split_kwargs.values())
-    try:
-        out = decoded_cache(root, f"{name}-{split_name}-{size}px", len(ds),
-                            lambda: dict(zip(("images", "labels"), decode_rows(
-                                len(ds), ds.__getitem__, size, f"{name} {split_name} at {size} px"))))
-    except (OSError, ValueError) as e:  # a missing or corrupt image file
-        raise UserError(f"dataset {name} (torchvision {cls_name}) in {root} is incomplete or damaged "
-                        f"({first_line(e)}); download it again") from e
-    return Split(out["images"], out["labels"]), list(getattr(ds, "classes", []))
+    images, labels, info = decoded_store(root, f"{name}-{split_name}-{size}px", len(ds), ds.__getitem__, size,
+                                         f"{name} {split_name} at {size} px")
+    if info["bad"]:  # a missing or corrupt image file
+        row, reason = info["bad"][0]
+        raise UserError(f"dataset {name} (torchvision {cls_name}) in {root} is incomplete or damaged (row {row}: "
+                        f"{reason}); download it again, then delete {images.path} and its .json")
+    return Split(images, labels), list(getattr(ds, "classes", []))
 
 
 def _torchvision_task(name, data_dir, decode_size):

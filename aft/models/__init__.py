@@ -121,7 +121,7 @@ for _name, _make in EMBEDDED.items():  # 1
 def resolve_model(name):
     """The spec of model `name`: an embedded one, else by the first family rule that matches (see the
     module docstring)."""
-    name = ALIASES.get(name, name)
+    name = os.path.expanduser(ALIASES.get(name, name))  # a folder given as ~/models/m (not expanded after --flag=)
     return MODELS.get(name)(name)
 
 
