@@ -23,7 +23,7 @@ from aft.runtime import resolve_device
 # The paper's code has no LogME script: every flag is this tool's own.
 BOUNDS = {"train_frac": "(0, 1]"}
 cli.define(cli.TOOL, "model_class", "all-MiniLM-L6-v2", "the model whose cached features are scored")
-cli.define(cli.TOOL, "dataset", "tweets", "the dataset: a registered name, or your own data (README's Your own data)")
+cli.define(cli.TOOL, "dataset", "tweets", cli.DATASET_HELP)
 cli.define(cli.TOOL, "train_frac", 1.0, "score the fixed subsample of the train split that run.py --train_frac uses",
            bound=BOUNDS["train_frac"])
 cli.define(cli.TOOL, "use_val", False, "leave out the validation rows run.py --use_val=True holds out")

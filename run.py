@@ -24,9 +24,7 @@ HELP = {
     "seed": "random seed (model init, batch order, dropout)",
     "model_class": "downstream model: timm name, Hugging Face id or folder, or an embedded one (tiny_bert)",
     "init_model": "start from this model's pre-trained weights (= model_class); empty: random init",
-    "dataset": "the downstream task: a registered name (README's Datasets), or your own data: a folder of pictures, "
-               "a table file (.csv .tsv .jsonl .json .parquet) or folder of them, hf:ID or a folder saved by "
-               "save_to_disk (README's Your own data)",
+    "dataset": cli.DATASET_HELP,
     "pretrained_models": "comma-separated pre-trained models whose cached features are concatenated",
     "train_frac": "fraction of the training set used (a fixed subset, the same for every seed)",
     "use_val": "hold out 10% of train (fixed split seed 42) and evaluate on it instead of test",

@@ -31,7 +31,7 @@ BOUNDS = {"batch_size": "> 0", "num_workers": ">= 0", "image_size": ">= 0", "chu
 
 cli.define(cli.PAPER, "model_class", "all-MiniLM-L6-v2",
            "pre-trained model: timm name, Hugging Face id or folder, or an embedded one")
-cli.define(cli.PAPER, "dataset", "tweets", "the dataset: a registered name, or your own data (README's Your own data)")
+cli.define(cli.PAPER, "dataset", "tweets", cli.DATASET_HELP)
 cli.define_data_flags()
 cli.define(cli.PAPER, "save_path", "", "output file (default {features_dir}/{model_class}_{dataset}.pt)")
 cli.define(cli.PAPER, "batch_size", 256, "inference batch size", bound=BOUNDS["batch_size"])

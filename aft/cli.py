@@ -12,7 +12,7 @@ from dataclasses import fields
 
 from absl import app, flags
 
-from aft.datasets.base import DataOptions
+from aft.datasets.base import DATASETS, DataOptions
 from aft.errors import UserError, bound_text, main_guard
 
 # Help groups. absl's --help shows one alphabetical list, so run() replaces it with one that shows
@@ -37,6 +37,11 @@ def define(group, name, default, help, choices=None, bound=None):
     # absl's own help starts with <a|b|...>, one word that --help cuts anywhere (flow-ers): a list instead
     flag.help = f"{help}; one of {', '.join(choices)}"
     return flags.DEFINE_flag(flag, module_name=group)
+
+
+DATASET_HELP = ("the dataset: one of " + ", ".join(DATASETS.names()) + " (README's Datasets); or your own data: a "
+                "folder of pictures, a table file (.csv .tsv .jsonl .json .parquet) or folder of them, hf:ID or a "
+                "folder saved by save_to_disk (README's Your own data)")
 
 
 def define_data_flags():

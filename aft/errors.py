@@ -45,9 +45,15 @@ def check_bounds(values, bounds, notes=None):
 
 
 def main_guard(fn):
-    """Run `fn()`; a UserError becomes one line on stderr and exit status 2, never a traceback."""
+    """Run `fn()`; a UserError becomes one line on stderr and exit status 2 (or its own `status`), and
+    Ctrl-C outside a run's training (which stops it at a step, aft.loop) one line and 130: never a
+    traceback."""
     try:
         return fn()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(e, "status", 2))
+    except KeyboardInterrupt:
+        print("\nerror: interrupted; the same command started again skips what was finished (decoded pictures, the "
+              "feature chunks saved, a run's last checkpoint with --ckpt_dir and --resume=True)", file=sys.stderr)
+        sys.exit(130)

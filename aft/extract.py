@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from aft.distributed import SINGLE
-from aft.errors import UserError
+from aft.errors import UserError, first_line
 from aft.features import cache_lock, make_meta, missing_rows, save_cache
 from aft.files import atomic_save, safe_load
 from aft.models import check_modality
@@ -117,7 +117,7 @@ def compute_features_adaptive(body, inputs, batch_size, device, precision, desc,
         except torch.OutOfMemoryError:
             pass  # leave the except block first, so the failed batch's tensors can be freed
         if batch_size == 1:
-            from aft.errors import UserError
+            from aft.errors import UserError, first_line
             raise UserError(f"{desc}: out of GPU memory even one example at a time on {device}; use "
                             f"--precision=bf16, a smaller --image_size, or a GPU with more memory")
         if device.type == "cuda":
@@ -206,6 +206,8 @@ def extract_to_cache(spec, task, path, batch_size, device, precision="auto", ima
         todo = {split: torch.arange(len(getattr(task, split))) if rows is None else rows for split, rows in
                 world.gather_objects(todo)[0].items()}
         if not any(len(rows) for rows in todo.values()):
+            if world.is_main:
+                print(f"features {path}: another process made the rows this needs meanwhile", flush=True)
             return old
         speed_settings(device, precision)
         # Weights load straight in bf16 when that is the precision: a 7B LM then needs 14 GB, not 28.
@@ -215,6 +217,8 @@ def extract_to_cache(spec, task, path, batch_size, device, precision="auto", ima
         folder = f"{path}.parts"
         done = {}
         for split, rows in todo.items():
+            if not len(rows):  # this split has every row this needs
+                continue
             inputs = spec.make_inputs(getattr(task, split).inputs, task, image_size).to(device)
             identity = dict(model=spec.name, dataset=task.name, split=split, rows=len(inputs),
                             image_size=image_size or 0, precision=precision, fingerprint=task.fingerprint)
@@ -232,7 +236,11 @@ def extract_to_cache(spec, task, path, batch_size, device, precision="auto", ima
                          world_size=world.size, seconds=round(time.time() - start, 1), classes=task.class_names,
                          skipped_rows=task.skipped,
                          **{k: v for k, v in settings.items() if v is not None and k not in ("model", "dataset")})
-        save_cache(path, cache["train"], cache["test"], meta, cache.get("val"), cache.get("present"))
+        try:
+            save_cache(path, cache["train"], cache["test"], meta, cache.get("val"), cache.get("present"))
+        except OSError as e:  # a full disk: the chunks stay, so the same command later only merges them
+            raise UserError(f"cannot write {path} ({first_line(e)}); the computed features are kept in {folder}: "
+                            f"make room and run the same command again") from None
     shutil.rmtree(folder, ignore_errors=True)
     return dict(cache, meta=meta)
 

@@ -144,13 +144,14 @@ def read_features(path, model=None, dataset=None, n_train=None, n_test=None, fea
     flags = None
     if task is not None:
         dataset, n_train, n_test, flags = task.name, len(task.train), len(task.test), task.flags
+    command = save_features_command(model or "<model>", dataset or "<dataset>", features_dir, image_size, flags)
     if not os.path.exists(path):
-        command = save_features_command(model or "<model>", dataset or "<dataset>", features_dir, image_size, flags)
         raise UserError(f"missing feature file {path}; create it with: {command}")
-    cache = safe_load(path, "feature file", mmap=True)  # memory-mapped: only the rows read are read
+    # memory-mapped: only the rows read are read
+    cache = safe_load(path, "feature file", mmap=True, fix=f"delete it and make it again with: {command}")
     if not isinstance(cache, dict) or not {"train", "test", "meta"} <= set(cache):
         raise UserError(f"{path} is not a feature file (needs keys train, test, meta); "
-                        f"create it again with save_features.py")
+                        f"create it again with: {command}")
     meta = cache["meta"]
     redo = "; create it again with: " + save_features_command(
         model or meta.get("model"), dataset or meta.get("dataset"), features_dir, image_size, flags)

@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import tempfile
 import time
@@ -105,11 +106,16 @@ def remove_stale_temps(folder):
                 pass  # another process removed it first
 
 
-def safe_load(path, what="file", mmap=False):
-    """torch.load with weights_only=True; a corrupt, truncated or code-carrying file is a UserError."""
+def safe_load(path, what="file", mmap=False, fix="delete it and make it again"):
+    """torch.load with weights_only=True; a corrupt, truncated or code-carrying file is a UserError
+    ending with `fix`. torch's own advice for such a file, to load it with weights_only=False, is not
+    passed on: that would run whatever code the file holds."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise
     except Exception as e:  # torch raises several types for a bad archive or a refused pickle
-        raise UserError(f"{path} is not a readable {what} ({first_line(e, limit=10_000)}); delete it and create it again")
+        code = re.search(r"GLOBAL (\S+)", str(e))
+        why = f"it holds pickled code or objects ({code.group(1)}), which are never loaded" if code else \
+            "it is corrupt or truncated, or no torch file"
+        raise UserError(f"{path} is not a readable {what}: {why}; {fix}") from None

@@ -13,7 +13,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from aft.datasets.store import DiskImages
+from aft.store import DiskImages
 from aft.errors import UserError
 from aft.runtime import free_memory
 
@@ -75,7 +75,7 @@ class ImageInputs:
     ResNets). `index` maps row i to image index[i] when several rows share one image (SNLI-VE: 530k
     hypotheses about 30k pictures), so every picture is stored once.
 
-    Pictures decoded to disk (an aft.datasets.store.DiskImages) move whole to the device when they fit
+    Pictures decoded to disk (an aft.store.DiskImages) move whole to the device when they fit
     its free memory with room to spare; else they stay on disk and each batch is read from there by a
     background thread, ahead of the step that needs it (expect()), into pinned memory on CUDA, and
     copied to the device while the previous step runs. $AFT_IMAGE_STORE=memory or disk decides instead.

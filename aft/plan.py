@@ -5,6 +5,7 @@ made here, so a bad value fails before anything loads; what runs after (aft.expe
 trainers, the loop) reads the plan and resolves no name again."""
 import dataclasses
 import os
+import tempfile
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -12,9 +13,9 @@ from aft.config import BOUNDS, OPTIMIZERS, Config
 from aft.datasets import dataset_entry, tensor_product, train_eval_indices
 from aft.datasets.decode import decode_size
 from aft.distributed import SINGLE
-from aft.errors import UserError, check_bounds
+from aft.errors import UserError, check_bounds, first_line
 from aft.features import cached_modality, feature_path
-from aft.identity import default_run_name, result_identity
+from aft.identity import compose_run_name, flat_config, ignored_flags, legacy_run_name, result_identity
 from aft.methods import get_method, hyperparameters
 from aft.models import check_modality, resolve_model
 from aft.runtime import resolve_device, resolve_precision
@@ -48,6 +49,7 @@ class RunPlan:
     run_name: str
     identity: dict  # every setting that changes what the run computes (aft.identity)
     world: object = SINGLE  # this process among those torchrun started (aft.distributed)
+    legacy_name: str = None  # the run's name under earlier versions of this tool, where it differs
 
     @property
     def results_path(self):
@@ -125,10 +127,74 @@ def make_plan(cfg, world=SINGLE):
     if tensor_product(dataset.modality):
         method.check_tensor_product(dataset.name, [t.modality for t in teachers],
                                     student.product_factors if student else None)
+    if student is not None:
+        check_image_size(student, cfg.image_size, "image_size")
+    for t in teachers:
+        if t.spec is not None:
+            check_image_size(t.spec, cfg.teacher_image_size, "teacher_image_size")
     device = world.device(resolve_device(cfg.device))
+    if cfg.use_wandb:
+        check_wandb()
+    if world.is_main:  # the folders this run will write, before any work
+        check_writable(cfg.out_dir, "out_dir")
+        if cfg.ckpt_dir:
+            check_writable(cfg.ckpt_dir, "ckpt_dir")
+        if any(not t.cached for t in teachers) or method.preparation:
+            check_writable(cfg.features_dir, "features_dir")
+    note_ignored(cfg)
+    identity = result_identity(cfg, dataset)
+    name = cfg.run_name or compose_run_name(cfg, identity, dataset)
+    legacy = legacy_run_name(cfg, dataset) if not cfg.run_name else name
     return RunPlan(cfg, method, settings, dataset, student, teachers, pictures_side(cfg, student, teachers), device,
-                   resolve_precision(cfg.precision, device), cfg.run_name or default_run_name(cfg, dataset),
-                   result_identity(cfg, dataset), world)
+                   resolve_precision(cfg.precision, device), name, identity, world,
+                   legacy_name=legacy if legacy != name else None)
+
+
+def note_ignored(cfg):
+    """One line for each flag given a value that the run's method ignores: it changes nothing. (An
+    empty value or 0, as `--pretrained_models= --prec=0` for init, says that already.)"""
+    defaults = {**{f.name: f.default for f in dataclasses.fields(Config)},
+                **{f.name: f.default for f in hyperparameters()}}
+    flat = flat_config(cfg)
+    for flag in sorted(ignored_flags(cfg)):
+        if flat[flag] != defaults[flag] and flat[flag]:
+            print(f"note: --{flag}={flat[flag]} changes nothing for --method={cfg.method}, so it is no part of the "
+                  f"run's identity", flush=True)
+
+
+def check_image_size(spec, size, flag):
+    """An input size below what the model can read (the side of its first layer's patches or strides) is
+    refused: every picture would shrink to less than one of its cells."""
+    least = spec.least_pixels() if size and spec.least_pixels else 0
+    if size and size < least:
+        raise UserError(f"--{flag}={size} is smaller than {spec.name} can read: its first layer takes {least} x "
+                        f"{least} pixels at a time; use --{flag}={least} or more (0: its own size)")
+
+
+def check_wandb():
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise UserError("--use_wandb=True needs the package wandb (0.19.10 or newer): pip install wandb, or drop "
+                        "--use_wandb") from None
+
+
+def check_writable(folder, flag):
+    """A folder the run will write must take a new file (or, not there yet, its nearest existing folder
+    must): refused before any work otherwise, naming the flag, rather than after hours of training.
+    Nothing is left behind: a probe file is made and removed, no folder is made."""
+    there = os.path.abspath(folder)
+    while not os.path.exists(there):
+        there = os.path.dirname(there)
+    try:
+        if not os.path.isdir(there):
+            raise NotADirectoryError(f"{there} is a file, not a folder")
+        fd, probe = tempfile.mkstemp(dir=there, prefix=".aft-write-check-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"--{flag}={folder} cannot be written ({first_line(e)}); give --{flag} a folder you can "
+                        f"write") from None
 
 
 def pictures_side(cfg, student, teachers):

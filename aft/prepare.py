@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from aft.datasets import subset_suffix
 from aft.errors import UserError
-from aft.features import DEFAULT_FEATURES_DIR, feature_path, save_features_command
+from aft.features import DEFAULT_FEATURES_DIR, cache_lock, feature_path, save_features_command
 from aft.files import atomic_save, safe_load
 from aft.logme import logme
 from aft.methods.ft import decoder_net, encoder_net
@@ -178,16 +178,17 @@ def paraphraser(model, x, factor_dim, teachers, device):
     as the paper's train_ae.py but without looking at the test split) and cached."""
     key = autoencoder_key(x, model, teachers, factor_dim)
     path = teachers.derived_path(model, "ft")
-    if os.path.exists(path):
-        cached = safe_load(path, "factor-transfer autoencoder")
-        if isinstance(cached, dict) and cached.get("key") == key:
-            return cached["encoder"]
-        print(f"ft: {path} was made from other features or rows: training it again", flush=True)
-    print(f"ft: training the autoencoder of {model} ({x.shape[1]} -> {factor_dim}) on {len(x)} train rows",
-          flush=True)
-    encoder, mse = train_autoencoder(x, factor_dim, device)
-    state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
-    atomic_save(dict(key=key, encoder=state, heldout_mse=mse), path)
+    with cache_lock(path):  # runs that need it at once: one trains it, the others wait and read it
+        if os.path.exists(path):
+            cached = safe_load(path, "factor-transfer autoencoder")
+            if isinstance(cached, dict) and cached.get("key") == key:
+                return cached["encoder"]
+            print(f"ft: {path} was made from other features or rows: training it again", flush=True)
+        print(f"ft: training the autoencoder of {model} ({x.shape[1]} -> {factor_dim}) on {len(x)} train rows",
+              flush=True)
+        encoder, mse = train_autoencoder(x, factor_dim, device)
+        state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
+        atomic_save(dict(key=key, encoder=state, heldout_mse=mse), path)
     print(f"ft: saved {path} (held-out reconstruction MSE {mse:.4g})", flush=True)
     return state
 

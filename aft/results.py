@@ -50,6 +50,8 @@ def load_results(dirs):
         if not os.path.isdir(folder):
             raise UserError(f"{folder} is not a folder; give the --out_dir of run.py (default ./results)")
         for path in sorted(glob.glob(os.path.join(folder, "**", "*.json"), recursive=True)):
+            if f"{os.sep}wandb{os.sep}" in os.path.relpath(path, folder).join([os.sep, os.sep]):
+                continue  # Weights & Biases' own files (run.py --use_wandb keeps them in {out_dir}/wandb)
             record = read_record(path)
             (records if record else skipped).append(record or path)
     if skipped:

@@ -2,18 +2,30 @@
 import contextlib
 import hashlib
 import random
+import re
 
 import numpy as np
 import torch
 
 from aft.errors import UserError
+from aft.registry import did_you_mean
+
+
+DEVICES = "auto, cpu, cuda, cuda:N"
 
 
 def resolve_device(name="auto"):
+    """The torch.device of --device: auto (CUDA when there is one, else the CPU), cpu, cuda or cuda:N."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise UserError(f"--device={name} is no device here{did_you_mean(name, ['auto', 'cpu', 'cuda'])}; valid: "
+                        f"{DEVICES}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device={name} but no CUDA device is visible; use --device=cpu or --device=auto")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UserError(f"--device={name} but the visible CUDA devices are cuda:0 to "
+                        f"cuda:{torch.cuda.device_count() - 1}")
     return torch.device(name)
 
 

@@ -2,15 +2,27 @@
 bf16 peak of the device, memory figures, and the --tiny argument handling.
 
 A benchmark run as `python benchmarks/x.py` imports this as `common` (Python puts the script's
-folder first on its path); `aft` must be importable (`pip install -e .`, or PYTHONPATH holding the
-repo root). Import this before `aft`: it keeps the Hugging Face hub offline.
+folder first on its path). Run by a Python without the project's packages (no environment
+activated), it runs itself again with the one setup.sh made (.venv), or says in one line how to get
+it. Import this before `aft`: it keeps the Hugging Face hub offline.
 """
 import contextlib
 import gc
 import json
 import os
+import sys
 
-import torch
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+try:
+    import torch
+    import absl  # noqa: F401
+except ImportError:
+    VENV = os.path.join(ROOT, ".venv", "bin", "python")
+    if os.path.exists(VENV) and os.path.realpath(sys.prefix) != os.path.realpath(os.path.join(ROOT, ".venv")):
+        os.execv(VENV, [VENV, *sys.argv])
+    sys.exit(f"error: this Python ({sys.executable}) lacks the project's packages: run sh {ROOT}/setup.sh first (it "
+             f"makes {ROOT}/.venv, which the benchmarks then use), or activate your environment")
+sys.path.insert(1, ROOT)  # `aft` of this checkout, without an install
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers or timm read it
 

@@ -26,10 +26,11 @@ import sys
 import tempfile
 import time
 
+# first: it finds the project's Python (no environment need be active) and keeps the hub offline
+from common import emit, parse_with_tiny, project_trainer, sync
+
 import torch
 
-# common before aft: it keeps the Hugging Face hub offline
-from common import emit, parse_with_tiny, project_trainer, sync
 from extract import build_body
 from train_step import TEACHER_DIM, cifar_like
 

@@ -26,11 +26,11 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+# first: it finds the project's Python (no environment need be active) and keeps the hub offline
+from common import count_flops, emit, free, max_mem_gb, parse_with_tiny, rates, start, sync, upstream_flags
+
 import numpy as np
 import torch
-
-# common before aft: it keeps the Hugging Face hub offline
-from common import count_flops, emit, free, max_mem_gb, parse_with_tiny, rates, start, sync, upstream_flags
 
 from aft.datasets import Split, Task
 from aft.datasets.decode import square_uint8

@@ -11,10 +11,11 @@ import argparse
 import math
 import time
 
+# first: it finds the project's Python (no environment need be active) and keeps the hub offline
+from common import emit
+
 import numpy as np
 import torch
-
-from common import emit
 
 from aft.logme import logme
 

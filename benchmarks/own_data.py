@@ -19,9 +19,11 @@ import sys
 import tempfile
 import time
 
+# first: it finds the project's Python (no environment need be active) and keeps the hub offline
+from common import emit, parse_with_tiny, start
+
 import numpy as np
 
-from common import emit, parse_with_tiny, start  # before aft: it keeps the Hugging Face hub offline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

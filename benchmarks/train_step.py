@@ -26,12 +26,12 @@ import argparse
 import math
 import time
 
-import torch
-import torch.nn.functional as F
-
-# common before aft: it keeps the Hugging Face hub offline
+# first: it finds the project's Python (no environment need be active) and keeps the hub offline
 from common import (count_flops, emit, free, host_syncs, max_mem_gb, parse_with_tiny, project_trainer, rates, start,
                     sync, upstream_flags)
+
+import torch
+import torch.nn.functional as F
 
 from aft.datasets import Split, Task
 from aft.loop import epoch_batches

@@ -2,6 +2,8 @@
 # the runs of each of its phases, one run, the choice of beta, and running a list of runs on several
 # devices at once. One file, so that sweep_beta.sh and slurm_sweep.sh run exactly the same grid.
 
+. "$ROOT/examples/python.sh"  # PYTHON: the project's Python, without activating anything
+
 DEVICE_FLAG=  # set by on_device; empty: run.py's own --device (EXTRA's, or auto)
 
 # sweep_settings: every setting of a beta sweep, from the environment or its default
@@ -65,7 +67,7 @@ count() {
 # whole and renamed into place (the Slurm tasks of phase 2 each write it, all the same)
 choose_betas() {
     _tmp=$(mktemp "$OUT/.chosen.XXXXXX")
-    python -m aft.results "$OUT" --chosen > "$_tmp" || { _status=$?; rm -f "$_tmp"; return "$_status"; }
+    "$PYTHON" -m aft.results "$OUT" --chosen > "$_tmp" || { _status=$?; rm -f "$_tmp"; return "$_status"; }
     mv -f "$_tmp" "$OUT/chosen.txt"
 }
 
@@ -73,7 +75,7 @@ choose_betas() {
 # hash of all of them); run.py skips it when a results JSON of exactly this configuration exists
 train() {
     # shellcheck disable=SC2086  # EXTRA is a list of flags; DEVICE_FLAG comes last, so it wins
-    python "$ROOT/run.py" --seed="$3" --model_class="$MODEL" --init_model="$INIT_MODEL" --dataset="$DATASET" \
+    "$PYTHON" "$ROOT/run.py" --seed="$3" --model_class="$MODEL" --init_model="$INIT_MODEL" --dataset="$DATASET" \
         --pretrained_models="$PRETRAINED" --use_val="$4" --method="$1" --prec="$2" --steps="$STEPS" \
         --eval_steps="$EVAL_STEPS" --batch_size="$BATCH_SIZE" --lr="$LR" --no_augment=True \
         --use_wandb="$USE_WANDB" --wandb_group="$WANDB_GROUP" --out_dir="$OUT" \

@@ -29,6 +29,7 @@ OUT=${OUT:-results/quickstart}
 EXTRA=${EXTRA:-}                              # more run.py flags, e.g. "--steps=300"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/examples/python.sh"  # PYTHON: the project's Python, without activating anything
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # for python -m aft.results from any folder
 
 prec_of() {
@@ -43,8 +44,8 @@ for method in $METHODS; do
 done
 case " $METHODS " in
     *" btune "*)  # B-Tuning reads LogME of MiniLM's features (seconds), so they are cached first
-        [ -f features/all-MiniLM-L6-v2_tweets.pt ] || python "$ROOT/save_features.py"
-        python "$ROOT/logme.py" ;;
+        [ -f features/all-MiniLM-L6-v2_tweets.pt ] || "$PYTHON" "$ROOT/save_features.py"
+        "$PYTHON" "$ROOT/logme.py" ;;
 esac
 
 for seed in $SEEDS; do
@@ -52,9 +53,9 @@ for seed in $SEEDS; do
         lr=""
         [ "$method" = linear_probe ] && lr="--lr=$LINEAR_PROBE_LR"
         # shellcheck disable=SC2086  # EXTRA is a list of flags
-        python "$ROOT/run.py" --seed="$seed" --method="$method" --prec="$(prec_of "$method")" $lr --out_dir="$OUT" \
+        "$PYTHON" "$ROOT/run.py" --seed="$seed" --method="$method" --prec="$(prec_of "$method")" $lr --out_dir="$OUT" \
             --skip_done=True $EXTRA
     done
 done
 
-python -m aft.results "$OUT"
+"$PYTHON" -m aft.results "$OUT"

@@ -41,7 +41,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # for python -m aft.result
 # train_seed SEED: one run.py run
 train_seed() {
     # shellcheck disable=SC2086  # EXTRA is a list of flags; DEVICE_FLAG (from GPUS) comes last, so it wins
-    python "$ROOT/run.py" \
+    "$PYTHON" "$ROOT/run.py" \
         --seed="$1" \
         --model_class="$MODEL" \
         --init_model="$INIT_MODEL" \
@@ -70,4 +70,4 @@ train_seed() {
 # shellcheck disable=SC2086  # SEEDS is a list
 on_devices train_seed "$(printf '%s\n' $SEEDS)"
 
-python -m aft.results "$OUT"
+"$PYTHON" -m aft.results "$OUT"

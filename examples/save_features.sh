@@ -15,9 +15,10 @@ EXTRA=${EXTRA:-}               # more save_features.py flags, e.g. "--data_dir=/
 PROMPT=${PROMPT:-}             # your own text data: --prompt (it may hold spaces, EXTRA may not)
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/examples/python.sh"  # PYTHON: the project's Python, without activating anything
 
 for model in $MODELS; do
     # shellcheck disable=SC2086  # EXTRA is a list of flags
-    python "$ROOT/save_features.py" --model_class="$model" --dataset="$DATASET" --features_dir="$FEATURES_DIR" \
+    "$PYTHON" "$ROOT/save_features.py" --model_class="$model" --dataset="$DATASET" --features_dir="$FEATURES_DIR" \
         --batch_size="$BATCH_SIZE" --keep_existing=True --prompt="$PROMPT" $EXTRA
 done

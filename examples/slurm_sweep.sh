@@ -21,7 +21,7 @@
 # every task of the first array computes them at once.
 #
 # Every run has --ckpt_dir, --resume=True and --skip_done=True, and the jobs are --requeue: a task
-# that is pre-empted and requeued continues from its checkpoint, and a run whose results JSON of the
+# that is pre-empted (SIGTERM) writes a checkpoint, requeues itself and continues from it, and a run whose results JSON of the
 # same configuration exists is skipped. So submitting again after a failure redoes only what is
 # missing, and a changed setting runs afresh.
 set -e
@@ -36,15 +36,25 @@ sweep_settings
 GPU_ARGS=${GPU_ARGS:---gres=gpu:1}
 SBATCH_ARGS=${SBATCH_ARGS:-}
 
-# task RUNS: the run of this array task, line $SLURM_ARRAY_TASK_ID (0-based) of RUNS
+# task RUNS: the run of this array task, line $SLURM_ARRAY_TASK_ID (0-based) of RUNS. Pre-empted
+# (Slurm sends SIGTERM to the job's processes, then SIGKILL), run.py writes a checkpoint where it is
+# and exits 143; the task then requeues itself, and started again resumes from that checkpoint.
 task() {
     line=$(echo "$1" | sed -n "$((SLURM_ARRAY_TASK_ID + 1))p")
     if [ -z "$line" ]; then
         echo "error: no run $SLURM_ARRAY_TASK_ID in the grid; the settings changed since submission: submit again" >&2
         exit 2
     fi
+    trap ':' TERM  # this shell waits on for run.py, which stops itself cleanly on the signal
+    status=0
     # shellcheck disable=SC2086  # the line's words are train's arguments
-    train $line
+    train $line || status=$?
+    if [ "$status" -eq 143 ]; then
+        echo "pre-empted: requeueing ${SLURM_ARRAY_JOB_ID}_$SLURM_ARRAY_TASK_ID, which resumes from its checkpoint"
+        scontrol requeue "${SLURM_ARRAY_JOB_ID}_$SLURM_ARRAY_TASK_ID"
+        exit 0
+    fi
+    exit "$status"
 }
 
 # submit STAGE FLAGS...: sbatch this script's STAGE with FLAGS; prints the job id
@@ -79,7 +89,7 @@ case "${1:-submit}" in
         ;;
     table)
         cat "$OUT/chosen.txt"
-        python -m aft.results "$OUT" --plot "$OUT/beta.png"
+        "$PYTHON" -m aft.results "$OUT" --plot "$OUT/beta.png"
         ;;
     *)
         echo "error: unknown stage $1; run the script without arguments to submit the sweep" >&2

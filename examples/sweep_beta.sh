@@ -36,4 +36,4 @@ runs=$(test_runs)
 on_devices train "$runs"
 
 echo "== 3. summary"
-python -m aft.results "$OUT" --plot "$OUT/beta.png"
+"$PYTHON" -m aft.results "$OUT" --plot "$OUT/beta.png"

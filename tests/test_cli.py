@@ -71,10 +71,12 @@ def test_use_val_train_frac_and_checkpoint(workdir):
 
 
 def test_wandb_logs_offline_with_the_full_config(workdir):
-    """Without credentials --use_wandb logs offline: one run folder holding the whole config."""
+    """Without credentials --use_wandb logs offline: one run folder, under the results folder, holding the
+    whole config."""
     cli("run.py", *IMAGE_RUN, "--method=aft", "--use_wandb=True", "--wandb_group=sweep1", "--run_name=wb",
-        cwd=workdir, WANDB_MODE=None, WANDB_API_KEY=None, WANDB_DIR=str(workdir))
-    (run,) = (workdir / "wandb").glob("offline-run-*")
+        cwd=workdir, WANDB_MODE=None, WANDB_API_KEY=None, WANDB_DIR=None)
+    assert not (workdir / "wandb").exists()  # under the results folder, not the current one
+    (run,) = (workdir / "results" / "wandb").glob("offline-run-*")
     record = next(run.glob("*.wandb")).read_bytes()  # what `wandb sync` uploads later
     for text in (b"pretrained_models", b"efficientnet_lite2", b"learn_scales", b"prior_lr", b"sweep1", b"test_acc"):
         assert text in record, text
@@ -111,7 +113,7 @@ def test_helpfull_lists_every_spec_flag():
 @pytest.mark.parametrize("args, message", [
     (["--method=nope"], "flag --method=nope: value should be one of <aft|aft_dense|"),
     (["--prec=-1"], "--prec=-1.0 must be >= 0"),
-    (["--dataset=nope"], "flag --dataset=nope: value should be one of <aircraft|boolq|"),
+    (["--dataset=nope"], "unknown dataset 'nope'; valid datasets: aircraft, boolq,"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, message):
     out = cli("run.py", *args, cwd=tmp_path, check=False)

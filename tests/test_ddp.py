@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from aft.features import feature_path, make_meta, write_features
-from aft.loop import KILL_AFTER_CHECKPOINT
+from aft.loop import CHECK_EVERY, KILL_AFTER_CHECKPOINT, SIGNAL_AT_STEP
 from tests.conftest import ROOT
 
 # A ViT (timm's test_vit) has neither dropout nor BatchNorm, so two processes can compute exactly
@@ -21,11 +21,14 @@ RUN = ["--dataset=digits", "--model_class=test_vit", "--image_size=32", "--pretr
        "--eval_batch_size=128"]
 
 
-def launch(cwd, *args, nproc=1, kill=None):
+def launch(cwd, *args, nproc=1, kill=None, signal=None):
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1")
     env.pop(KILL_AFTER_CHECKPOINT, None)
+    env.pop(SIGNAL_AT_STEP, None)
     if kill:
         env[KILL_AFTER_CHECKPOINT] = kill
+    if signal:
+        env[SIGNAL_AT_STEP] = signal
     launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     return subprocess.run([sys.executable, *launcher, os.path.join(ROOT, "run.py"), *RUN, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
@@ -77,6 +80,26 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_one(work):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed cut from" in resumed.stdout and "at step 10" in resumed.stdout
     a, b = results(work, "whole"), results(work, "cut")
+    assert [e["step"] for e in b["evals"]] == [5, 10, 15, 20]
+    for x, y in zip(a["evals"], b["evals"]):
+        assert x["acc"] == y["acc"] and x["loss"] == pytest.approx(y["loss"], rel=1e-6)
+
+
+def test_a_signal_to_one_process_stops_every_process_at_the_same_step(work):
+    """SIGTERM to rank 1 after step 6: the processes agree on it at step 8 (every CHECK_EVERY steps), both
+    stop there, rank 0 writes the checkpoint, and the run resumed ends as the uninterrupted one."""
+    args = ["--method=aft", "--eval_steps=5", "--ckpt_dir=ckpt"]
+    if not (work / "results" / "whole.json").exists():
+        assert launch(work, *args, "--run_name=whole", nproc=2).returncode == 0
+    stopped = launch(work, *args, "--run_name=sig", nproc=2, signal="SIGTERM:1:6")
+    assert stopped.returncode != 0 and not (work / "results" / "sig.json").exists()
+    lines = [line for line in stopped.stderr.splitlines() if line.startswith("error: ")]
+    assert lines and all(line.startswith("error: SIGTERM: stopped at step 8 of 20; checkpoint ckpt/sig.pt; resume "
+                                         "with: the same torchrun command with --resume=True") for line in lines)
+    assert CHECK_EVERY == 4 and torch.load(work / "ckpt" / "sig.pt", weights_only=True)["step"] == 8
+    resumed = launch(work, *args, "--run_name=sig", "--resume=True", nproc=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = results(work, "whole"), results(work, "sig")
     assert [e["step"] for e in b["evals"]] == [5, 10, 15, 20]
     for x, y in zip(a["evals"], b["evals"]):
         assert x["acc"] == y["acc"] and x["loss"] == pytest.approx(y["loss"], rel=1e-6)

@@ -26,7 +26,7 @@ from aft.datasets import load_task
 from aft.features import feature_path
 from aft.errors import UserError
 from aft.models import create_classifier, minilm_path, resolve_model
-from tests.conftest import ROOT
+from tests.conftest import ROOT, pixels
 from tests.test_paper_datasets import write_dtd
 
 TEXT_FAMILIES = ["bert", "distilbert", "roberta", "gpt2", "t5", "llama"]
@@ -421,7 +421,7 @@ def test_clip_features_are_the_outer_product(tmp_path):
     weight = model.head.weight.reshape(3, -1)
     torch.testing.assert_close(logits, outer @ weight.T + model.head.bias, **TOL)
     preprocess = open_clip.image_transform(224, is_train=False, interpolation="bicubic", resize_mode="shortest")
-    picture = Image.fromarray(task.test.inputs.images[task.test.inputs.index[2]].permute(1, 2, 0).numpy())
+    picture = Image.fromarray(pixels(task.test.inputs.images)[task.test.inputs.index[2]].permute(1, 2, 0).numpy())
     assert (preprocess(picture) - batch["image"][1]).abs().max() < 0.05
     assert_every_trained_parameter_gets_a_gradient(model.train(), batch)
 

@@ -41,15 +41,19 @@ RUN = ["--dataset=digits", "--model_class=resnet10t", "--image_size=16", "--meth
 
 def test_default_name_is_the_readable_part_and_a_hash_of_every_setting():
     cfg = tiny(eval_steps=1, use_val=True, out_dir="elsewhere", compile=True, skip_done=True)
-    # every flag but the bookkeeping ones, the methods' hyperparameters at their defaults among them
-    identity = {k: v for k, v in asdict(cfg).items() if k not in BOOKKEEPING | {"method_args"}}
-    identity.update(learn_scales=True, prior_lr=0.01, no_augment=True)
+    # every flag but the bookkeeping ones and those init ignores (beta, the teachers', other methods'
+    # hyperparameters); its own hyperparameter at its default
+    ignored = {"prec", "pretrained_models", "teacher_image_size"}
+    identity = {k: v for k, v in asdict(cfg).items() if k not in BOOKKEEPING | ignored | {"method_args", "data"}}
+    identity.update(no_augment=True)
     assert result_identity(cfg) == identity and "steps" in identity and "out_dir" not in identity
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
-    assert default_run_name(cfg) == f"digits_resnet10t_init_prec0_lr0.001_seed0_val_{digest}"
+    assert default_run_name(cfg) == f"digits_resnet10t_init_lr0.001_seed0_val_{digest}"  # no beta: init has none
     # Where files go, logging and speed leave the name alone; an int beta names the run its float does.
     assert default_run_name(tiny()) == default_run_name(tiny(eval_steps=1, out_dir="x", device="cuda"))
-    assert default_run_name(tiny(prec=0)) == default_run_name(tiny())
+    kd = dict(method="kd", pretrained_models="t")
+    assert default_run_name(tiny(prec=1, **kd)) == default_run_name(tiny(prec=1.0, **kd))
+    assert "_kd_prec1_" in default_run_name(tiny(prec=1, **kd))
 
 
 @pytest.mark.parametrize("flag, first, second, common", [

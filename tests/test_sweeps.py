@@ -26,7 +26,8 @@ OUT = "results/sweep_digits_resnet10t"
 
 # A stand-in for Slurm's sbatch: records its arguments, runs the job at once (an array's tasks one
 # after another, with SLURM_ARRAY_TASK_ID set; a failed task fails the submission, as afterok would
-# hold the dependent jobs) and prints a job id, as --parsable does.
+# hold the dependent jobs; a task that requeued itself, through a stand-in scontrol that lists it in
+# $STUB_DIR/requeued, runs again) and prints a job id, as --parsable does.
 STUB_SBATCH = """#!/bin/sh
 echo "$*" >> "$STUB_DIR/args"
 id=$((100 + $(wc -l < "$STUB_DIR/args")))
@@ -43,6 +44,10 @@ if [ -n "$last" ]; then
     i=0
     while [ "$i" -le "$last" ]; do
         SLURM_ARRAY_JOB_ID=$id SLURM_ARRAY_TASK_ID=$i sh "$@" >> "$STUB_DIR/jobs.log" 2>&1 || exit 1
+        if grep -qx "${id}_$i" "$STUB_DIR/requeued" 2>/dev/null; then
+            sed -i "/^${id}_$i\\$/d" "$STUB_DIR/requeued"
+            continue
+        fi
         i=$((i + 1))
     done
 else

@@ -160,23 +160,26 @@ MIN_TRAIN_ROWS = 2  # one row teaches nothing, and a batch of one breaks BatchNo
 SUGGESTED_FRACS = [float(f"{m}e{e}") for e in range(-10, 0) for m in range(10, 100)] + [1.0]
 
 
-def check_train_rows(dataset, n_train, n_rows, train_frac, use_val):
+def check_train_rows(dataset, n_train, n_rows, train_frac, use_val, num_classes=2):
     """One line when the `n_rows` rows train_eval_indices(n_train, train_frac, use_val) picked are too
-    few to train on, naming the smallest --train_frac (to two significant digits) that gives enough."""
-    if n_rows >= MIN_TRAIN_ROWS:
+    few to train on (fewer than two, or than the classes), naming the smallest --train_frac (to two
+    significant digits) that gives enough."""
+    least = max(MIN_TRAIN_ROWS, num_classes)
+    if n_rows >= least:
         return
+    why = f"one per class of its {num_classes}" if num_classes > MIN_TRAIN_ROWS else "a batch of one breaks BatchNorm"
 
     def enough(frac):
-        return len(train_eval_indices(n_train, frac, use_val)[0]) >= MIN_TRAIN_ROWS
+        return len(train_eval_indices(n_train, frac, use_val)[0]) >= least
 
     if not enough(1.0):
         held_out = " after the validation hold-out (--use_val)" if use_val else ""
         raise UserError(f"dataset {dataset} has too few training rows{held_out} to train on: at least "
-                        f"{MIN_TRAIN_ROWS} are needed")
+                        f"{least} are needed ({why})")
     low, high = -1, len(SUGGESTED_FRACS) - 1  # SUGGESTED_FRACS[high] gives enough; [low] does not (-1: none)
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (low, mid) if enough(SUGGESTED_FRACS[mid]) else (mid, high)
     raise UserError(f"--train_frac={train_frac} leaves {n_rows} training row{'' if n_rows == 1 else 's'} of "
-                    f"dataset {dataset}; at least {MIN_TRAIN_ROWS} are needed (a batch of one breaks BatchNorm): "
-                    f"use --train_frac={SUGGESTED_FRACS[high]:g} or more")
+                    f"dataset {dataset}; at least {least} are needed ({why}): use --train_frac="
+                    f"{SUGGESTED_FRACS[high]:g} or more")

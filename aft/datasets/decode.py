@@ -12,7 +12,7 @@ that model sees the picture resized once from the original, as timm's transform 
 sees an upsampled copy; `AFT_IMAGE_SIZE` overrides it, and DEFAULT_DECODE_SIZE serves a load that
 feeds no model (logme.py reads only labels). Each model then resizes that square on the device to its
 own size, crop fraction, interpolation, mean and std (timm's eval transform applied to the square).
-The decoded pictures are kept on disk (aft.datasets.store) in `{data folder}/aft-decoded/`
+The decoded pictures are kept on disk (aft.store) in `{data folder}/aft-decoded/`
 (`$AFT_DECODED_DIR` instead, when set), one file per split and decode size, so later runs skip
 decoding and a set larger than memory is read a batch at a time (delete the folder after changing a
 registered dataset's files; your own data's files are fingerprinted).
@@ -23,7 +23,7 @@ import os
 import numpy as np
 import torch
 
-from aft.datasets.store import open_store, write_store
+from aft.store import open_store, write_store
 from aft.errors import UserError
 
 DEFAULT_DECODE_SIZE = 256  # side of the decoded squares when no model of the run says what it needs
@@ -93,7 +93,7 @@ def decoded_folder(root):
 
 def decoded_store(root, key, n, get, size, desc):
     """The n pictures get(i) -> (uint8 (3, size, size), label) decodes, kept on disk under `key`
-    (aft.datasets.store): decoded once, in threads (PIL decodes and resizes without holding the GIL),
+    (aft.store): decoded once, in threads (PIL decodes and resizes without holding the GIL),
     read back on later runs. Returns (DiskImages, labels, info); info["bad"] lists the rows whose
     picture could not be read, as [row, reason]."""
     return open_store(decoded_folder(root), key, n) or write_store(decoded_folder(root), key, n, size, get, workers(),

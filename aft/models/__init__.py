@@ -110,9 +110,8 @@ MODELS = Registry(
         (lambda name: "/" not in name and is_timm_name(name), timm_spec),
         (lambda name: "/" in name or name.startswith(HF_PREFIXES), hf_spec),  # 6
     ],
-    valid="the embedded models " + ", ".join(EMBEDDED) + "; the paper's models " +
-          ", ".join(dict.fromkeys(PAPER_MODELS.values())) + "; any other timm name (timm.list_models()); a Hugging "
-          "Face id (org/name) or a local model folder; a prefix timm: or hf: forces the family",
+    valid="the embedded models " + ", ".join(EMBEDDED) + "; a timm name (timm.list_models(); README's Models lists "
+          "the paper's), a Hugging Face id (org/name) or a local model folder; a prefix timm: or hf: forces the family",
     more_names=lambda: list(PAPER_MODELS.values()) + _timm_names())
 for _name, _make in EMBEDDED.items():  # 1
     MODELS.register(_name, _make)

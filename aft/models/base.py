@@ -31,6 +31,9 @@ class ModelSpec:
     # computed them otherwise (sentence-transformers models, once pooled by their family's head): a cache
     # records it and is refused when it records another, or none (aft.features.read_features)
     describe_features: Callable = None
+    # least_pixels() -> the side of the pixels its first layer takes at a time (its patches or strides): the
+    # smallest input it can read; None where it is not known
+    least_pixels: Callable = None
 
     @property
     def product_factors(self):

@@ -130,4 +130,13 @@ def timm_spec(name, create_name=None):
     def make_inputs(raw, task, image_size=None):
         return image_inputs(raw, **preprocess(image_size))
 
-    return ModelSpec(name, "image", build, make_inputs, image_preprocess=preprocess)
+    def least_pixels():
+        """The reduction of the model's first feature map: built on the meta device, which costs no memory."""
+        try:
+            with torch.device("meta"):
+                model = timm.create_model(create_name, pretrained=False)
+            return int(model.feature_info[0]["reduction"])
+        except Exception:  # an architecture without feature_info, or one meta tensors cannot build
+            return 0
+
+    return ModelSpec(name, "image", build, make_inputs, image_preprocess=preprocess, least_pixels=least_pixels)

@@ -105,12 +105,18 @@ def write_store(folder, key, n, size, get, workers, desc="decoding", extra=None)
     label) in threads into the store `key`, resuming a killed decoding; returns what open_store does.
     The labels, the rows that could not be read (`bad`: [row, reason]) and `extra` go into the header."""
     from tqdm import tqdm
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f".{key}.lock"), "a"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write decoded pictures to {folder} ({first_line(e)}); set AFT_DECODED_DIR to a "
+                        f"folder you can write (or give --data_dir one)") from None
     data, header = store_paths(folder, key)
     partial, done_file = f"{data}.partial", f"{data}.done"
     row_bytes = 3 * size * size
     # Two processes decoding one store take turns: the second finds it made.
-    with locked(os.path.join(folder, f".{key}.lock")):
+    with locked(os.path.join(folder, f".{key}.lock"), f"waiting for {data}: another process is decoding it"):
         finished = open_store(folder, key, n)
         if finished is not None:
             return finished
