@@ -55,6 +55,10 @@ HELP = {
                           "checked against their cache (0: each model's own)",
     "eval_batch_size": "batch size of evaluation",
     "extract_batch_size": "batch size when a missing feature cache is computed on the fly",
+    "paper_exact": "the paper's code's arithmetic where this tool's defaults differ: timm's transforms on each "
+                   "picture, its epoch schedule and batches, its autoencoder for ft, RKD's teachers side by side, "
+                   "learn_scales False unless given, Hugging Face students from pre-trained weights, fp32 "
+                   "(README's Where the defaults differ)",
 }
 CHOICES = {"method": METHODS.names(), "optimizer": list(OPTIMIZERS), "precision": list(PRECISIONS)}
 
@@ -84,7 +88,9 @@ for f in GENERAL:
     cli.define(cli.PAPER if f.name in PAPER_FLAGS else cli.TOOL, f.name, f.default, HELP[f.name],
                CHOICES.get(f.name), BOUNDS.get(f.name))
 for f in hyperparameters():
-    cli.define(cli.PAPER if f.metadata["paper"] else cli.TOOL, f.name, f.default, f.metadata["help"],
+    paper = f.metadata["paper_default"]
+    cli.define(cli.PAPER if f.metadata["paper"] else cli.TOOL, f.name, f.default,
+               f.metadata["help"] + (f" (under --paper_exact, {paper} unless given)" if paper is not None else ""),
                bound=f.metadata["bound"])
 cli.define_data_flags()
 for name, (default, text, bound, _) in PAPER_ONLY.items():
@@ -93,8 +99,9 @@ FLAGS = flags.FLAGS
 
 
 def config_from_flags():
+    # A hyperparameter not given takes its method's default (the paper's code's under --paper_exact).
     return Config(**{f.name: getattr(FLAGS, f.name) for f in GENERAL}, data=cli.data_options(),
-                  method_args={f.name: getattr(FLAGS, f.name) for f in hyperparameters()})
+                  method_args={f.name: getattr(FLAGS, f.name) for f in hyperparameters() if FLAGS[f.name].present})
 
 
 def start():

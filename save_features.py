@@ -20,7 +20,7 @@ from absl import flags
 
 from aft import cli, distributed
 from aft.datasets import dataset_entry, load_entry
-from aft.datasets.decode import decode_size
+from aft.datasets.decode import decoding_for
 from aft.errors import UserError, check_bounds, main_guard
 from aft.extract import CHUNK_ROWS, check_device_map, extract_to_cache
 from aft.features import DEFAULT_FEATURES_DIR, feature_path, read_features
@@ -46,6 +46,8 @@ cli.define(cli.TOOL, "precision", "auto", "auto: bf16 on CUDA, fp32 on CPU", ["a
 cli.define(cli.TOOL, "image_size", 0, "image input size (0: the model's own)", bound=BOUNDS["image_size"])
 cli.define(cli.TOOL, "chunk_rows", CHUNK_ROWS, "rows per chunk file saved on the way, which a restart reuses "
            "(a restart with another value computes every chunk again)", bound=BOUNDS["chunk_rows"])
+cli.define(cli.TOOL, "paper_exact", False, "decode each picture as the paper's code does, through timm's own eval "
+           "transform (for run.py --paper_exact); the features are the same otherwise")
 cli.define(cli.TOOL, "keep_existing", False, "keep the cache when it holds every row of this model and dataset "
            "(made at this --image_size); make it only when it does not")
 cli.define(cli.TOOL, "device_map", "none", "auto: a Hugging Face model spread over this process's GPUs by "
@@ -105,7 +107,7 @@ def save():
     distributed.start(world, device)
     try:
         with world.main_first():  # rank 0 decodes the pictures once; the others read its decoded file
-            task = load_entry(entry, FLAGS.data_dir or None, decode_size([spec.pixels(FLAGS.image_size or None)]))
+            task = load_entry(entry, FLAGS.data_dir or None, decoding_for(spec, FLAGS.image_size, FLAGS.paper_exact))
         if FLAGS.debug:
             return debug(spec, task)
         cache = extract(spec, task, path, world, device)

@@ -45,6 +45,7 @@ class Config:
     teacher_image_size: int = 0  # 0: each teacher's own input size (never the student's --image_size)
     eval_batch_size: int = 512
     extract_batch_size: int = 256
+    paper_exact: bool = False  # the paper's code's arithmetic where this tool's defaults differ (README)
     # How your own data is read (--text_columns, --label_column, --prompt, ...); the defaults for the
     # registered datasets.
     data: DataOptions = field(default_factory=DataOptions)
@@ -63,6 +64,10 @@ class Config:
 BOOKKEEPING = frozenset({"resume", "skip_done", "ckpt_dir", "run_name", "use_wandb", "wandb_project", "wandb_group",
                          "features_dir", "data_dir", "out_dir", "device", "compile", "eval_steps",
                          "eval_batch_size", "extract_batch_size"})
+
+# Flags added after runs were named by their identity: part of it only when set, so that no earlier
+# run's name changed.
+ADDED_FLAGS = frozenset({"paper_exact"})
 
 # Every numeric flag's bound (aft.errors.BOUND_TESTS), checked before anything loads; a numeric
 # field without one fails tests/test_flags.py. The methods' hyperparameters carry their own.

@@ -13,7 +13,8 @@ from aft.datasets import check_train_rows, load_entry
 from aft.distributed import SINGLE
 from aft.errors import UserError
 from aft.identity import check_same_run, legacy_identity, recorded_identity
-from aft.loop import AFRESH, batch_rows, fit, read_checkpoint
+from aft.loop import AFRESH, fit, read_checkpoint
+from aft.optim import batch_rows
 from aft.plan import make_plan
 from aft.prepare import PREPARATIONS
 from aft.probe import ProbeTrainer
@@ -38,7 +39,8 @@ def run(cfg, world=SINGLE):
     with world.main_first():  # rank 0 decodes the pictures once; the others read its decoded file
         task = load_entry(plan.dataset, cfg.data_dir or None, plan.decode_size)
     train_idx, val_idx = plan.rows(len(task.train))
-    check_train_rows(task.name, len(task.train), len(train_idx), cfg.train_frac, plan.holds_out, task.num_classes)
+    check_train_rows(task.name, len(task.train), len(train_idx), cfg.train_frac, plan.holds_out,
+                     len(task.train.labels.unique()))  # the classes its train split has
     check_batches(plan, len(train_idx))
     eval_split = (task.train.subset(val_idx) if plan.holds_out else task.val) if cfg.use_val else task.test
     method = plan.method
@@ -58,7 +60,8 @@ def start(trainer, plan, teachers):
         preparation = PREPARATIONS.get(plan.method.preparation)
         # rank 0 first where the preparation writes a file that all read (ft's autoencoders); else all at once
         with plan.world.main_first() if preparation.writes_files else nullcontext():
-            prepared = preparation.run(trainer.method, trainer.student, trainer.train_labels, teachers)
+            prepared = preparation.run(trainer.method, trainer.student, trainer.train_labels, teachers,
+                                       plan.cfg.paper_exact)
     trainer.start(prepared)
 
 

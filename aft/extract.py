@@ -117,7 +117,6 @@ def compute_features_adaptive(body, inputs, batch_size, device, precision, desc,
         except torch.OutOfMemoryError:
             pass  # leave the except block first, so the failed batch's tensors can be freed
         if batch_size == 1:
-            from aft.errors import UserError, first_line
             raise UserError(f"{desc}: out of GPU memory even one example at a time on {device}; use "
                             f"--precision=bf16, a smaller --image_size, or a GPU with more memory")
         if device.type == "cuda":
@@ -198,6 +197,7 @@ def extract_to_cache(spec, task, path, batch_size, device, precision="auto", ima
     splits = splits_of(task)
     settings = dict(model=spec.name, dataset=task.name, precision=precision, modality=spec.modality,
                     image_size=image_size or 0, decoded_size=task.decoded_size, data_fingerprint=task.fingerprint,
+                    paper_pictures=task.model_ready or None,
                     features=spec.describe_features() if spec.describe_features else None)
     with cache_lock(path) if world.is_main else nullcontext():
         old = kept_cache(path, settings, task) if world.is_main and need is not None else None

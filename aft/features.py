@@ -131,7 +131,7 @@ def expected_features(model):
 
 
 def read_features(path, model=None, dataset=None, n_train=None, n_test=None, features_dir=DEFAULT_FEATURES_DIR,
-                  image_size=None, task=None, need=None):
+                  image_size=None, task=None, need=None, paper_pictures=None):
     """Load a cache and check it against what the caller trains on; any mismatch is a UserError.
 
     `image_size`: the input size the caller expects the model to have seen images at (0: its own; None:
@@ -139,7 +139,8 @@ def read_features(path, model=None, dataset=None, n_train=None, n_test=None, fea
     aft.datasets.Task it must be of (its name, sizes, validation split and, for your own data, the
     fingerprint of its files), in place of `dataset`, `n_train` and `n_test`. `need`: {split: rows
     (a LongTensor, or None for all)} the caller reads, which the cache must hold (default: every row of
-    train and test; a cache may hold only some rows, aft.extract).
+    train and test; a cache may hold only some rows, aft.extract). `paper_pictures`: whether the model
+    must have read pictures decoded as the paper's code does (--paper_exact; None: not checked).
     """
     flags = None
     if task is not None:
@@ -169,6 +170,11 @@ def read_features(path, model=None, dataset=None, n_train=None, n_test=None, fea
         raise UserError(f"{path} holds features of images at {_size_in_words(made_at)}, but this run expects "
                         f"{_size_in_words(image_size)} (--teacher_image_size={image_size}); use it with "
                         f"--teacher_image_size={made_at}, or{redo[1:]}")
+    if paper_pictures is not None and meta.get("modality") != "text" and bool(meta.get("paper_pictures")) != \
+            paper_pictures:
+        made, now = ("with", "not ") if meta.get("paper_pictures") else ("without", "")
+        raise UserError(f"{path} holds features of pictures decoded {made} --paper_exact, and this run is {now}"
+                        f"--paper_exact{redo}{' --paper_exact=True' if paper_pictures else ''}")
     if task is not None and task.fingerprint and meta.get("data_fingerprint") != task.fingerprint:
         raise UserError(f"{path} holds features of {dataset}'s files as they were at {meta.get('time')}; they have "
                         f"changed since{redo}")

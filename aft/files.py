@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from aft.errors import UserError, first_line
+from aft.errors import UserError
 
 STALE_TEMP_SECONDS = 3600
 TEMP_PREFIX = ".tmp-"

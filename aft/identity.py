@@ -5,10 +5,10 @@ import json
 import os
 from dataclasses import asdict, fields
 
-from aft.config import BOOKKEEPING, Config
+from aft.config import ADDED_FLAGS, BOOKKEEPING, Config
 from aft.datasets import DataOptions
 from aft.errors import UserError
-from aft.methods import get_method, hyperparameters
+from aft.methods import default_of, get_method, hyperparameters
 
 
 def flat_config(cfg):
@@ -18,7 +18,7 @@ def flat_config(cfg):
     flat = asdict(cfg)
     given = flat.pop("method_args")
     flat.update(flat.pop("data"))
-    flat.update({f.name: given.get(f.name, f.default) for f in hyperparameters()})
+    flat.update({f.name: given.get(f.name, default_of(f, cfg.paper_exact)) for f in hyperparameters()})
     return flat
 
 
@@ -32,12 +32,16 @@ def config_from_flat(flat):
                   method_args={k: v for k, v in flat.items() if k in method})
 
 
-def ignored_flags(cfg):
+def ignored_flags(cfg, dataset=None):
     """The flags whose values change nothing the run's method computes: beta without a regulariser
     (init, linear_probe), the hyperparameters of other methods, the teachers' flags without teachers,
-    the downstream model's without one (linear_probe). They are no part of the run's identity."""
+    the downstream model's without one (linear_probe), and --no_augment where nothing is a picture to
+    augment (`dataset`, an aft.datasets.DatasetEntry, says; under --paper_exact it still chooses the
+    paper's batches). They are no part of the run's identity."""
     method = get_method(cfg.method)
     ignored = {f.name for f in hyperparameters()} - {f.name for f in fields(method.Settings)}
+    if dataset is not None and dataset.modality != "image" and not cfg.paper_exact:
+        ignored.add("no_augment")
     if not method.takes_beta():
         ignored.add("prec")
     if not method.uses_teacher:
@@ -56,7 +60,8 @@ def legacy_identity(cfg, dataset=None):
     options, data_flags = cfg.data.changed(), {f.name for f in fields(DataOptions)}
     identity = {name: float(value) if isinstance(defaults[name], float) else value
                 for name, value in flat_config(cfg).items()
-                if name not in BOOKKEEPING and (name not in data_flags or name in options)}
+                if name not in BOOKKEEPING and (name not in data_flags or name in options)
+                and not (name in ADDED_FLAGS and value == defaults[name])}
     if dataset is not None and dataset.fingerprint:
         identity.update(dataset=dataset.name, data_fingerprint=dataset.fingerprint)
     return identity
@@ -69,7 +74,7 @@ def result_identity(cfg, dataset=None):
     `Config(prec=10)` and `--prec=10` (10.0) are the same run. `dataset`: the run's
     aft.datasets.DatasetEntry; your own data is then named by what it is (not how its path was typed),
     with its files' fingerprint."""
-    ignored = ignored_flags(cfg)
+    ignored = ignored_flags(cfg, dataset)
     identity = {k: v for k, v in legacy_identity(cfg, dataset).items() if k not in ignored}
     override = os.environ.get("AFT_IMAGE_SIZE", "").strip()
     if override:
@@ -80,10 +85,11 @@ def result_identity(cfg, dataset=None):
 def recorded_identity(config, identity=None):
     """The identity a results record or a checkpoint recorded (`identity`); files of earlier code
     recorded only their flat `config`, whose identity (legacy_identity) is all of it but the bookkeeping
-    flags and the own-data options at their defaults."""
+    flags, the own-data options and the flags added since at their defaults."""
     if identity is not None:
         return identity
-    defaults = {f.name: f.default for f in fields(DataOptions)}
+    defaults = {**{f.name: f.default for f in fields(DataOptions)},
+                **{f.name: f.default for f in fields(Config) if f.name in ADDED_FLAGS}}
     return {k: v for k, v in config.items() if k not in BOOKKEEPING and not (k in defaults and v == defaults[k])}
 
 
@@ -116,11 +122,11 @@ def legacy_run_name(cfg, dataset=None):
 def check_same_run(path, then, now, advice):
     """Refuse to overwrite or continue the run recorded in `path` (a results record or a checkpoint,
     whose identity is `then`) unless it is `now`'s. Each differing flag is named as
-    `--flag=then (now value)`. A flag only one side has counts as differing: a file written by other
-    code may not be the same run, and a file is never lost on a guess."""
+    `--flag=then (now value)`. A flag only one side has (one that only one of the two methods reads, or
+    that other code did not record) counts as differing: a file is never lost on a guess."""
     then = {k: v for k, v in then.items() if k not in BOOKKEEPING}
     changes = [f"--{k}={then[k]} (now {now[k]})" for k in now if k in then and then[k] != now[k]]
-    changes += [f"--{k} unrecorded (now {now[k]})" for k in now if k not in then]
-    changes += [f"--{k}={then[k]} (no such flag now)" for k in then if k not in now]
+    changes += [f"--{k}={now[k]} (not a setting of that run)" for k in now if k not in then]
+    changes += [f"--{k}={then[k]} (not a setting of this run)" for k in then if k not in now]
     if changes:
         raise UserError(f"{path} was written with {', '.join(changes)}; {advice}")

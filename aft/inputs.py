@@ -10,12 +10,17 @@ import queue
 import sys
 import threading
 
+import PIL
 import torch
 import torch.nn.functional as F
 
 from aft.store import DiskImages
 from aft.errors import UserError
 from aft.runtime import free_memory
+
+# Pillow 13 resizes a picture whose height shrinks much more than its width vertically first
+# (resized_crop follows the Pillow that timm's transform would run on here).
+PIL_VERTICAL_FIRST = int(PIL.__version__.split(".")[0]) >= 13
 
 
 class TextInputs:
@@ -82,7 +87,8 @@ class ImageInputs:
     """
 
     def __init__(self, images, size, mean, std, crop_pct=1.0, interpolation="bilinear", index=None):
-        self.images = images
+        self.images, self.normalisation = images, (tuple(mean), tuple(std))
+        self.paper_augment = None  # (originals, timm's training transform) under --paper_exact
         self.index = index
         self.host_index = index
         # a BatchReader while the pictures are read from disk per batch (until to() places them)
@@ -137,7 +143,25 @@ class ImageInputs:
         idx = idx.cpu()
         return idx if self.host_index is None else self.host_index[idx]
 
+    def augment_as_paper(self, originals):
+        """Augment as the paper's code does (--paper_exact): timm's own training transform
+        (RandomResizedCrop, flip, ColorJitter, in PIL on uint8 pictures, then ToTensor and Normalize) on
+        each picture as it is on disk, `originals(i)` being row i's (a PIL image). On the CPU, a picture
+        at a time, in order, so the draws follow the seed."""
+        import timm.data
+        mean, std = self.normalisation
+        self.paper_augment = originals, timm.data.create_transform(
+            input_size=self.size, is_training=True, interpolation=self.interpolation, mean=mean, std=std)
+
+    def paper_batch(self, idx):
+        originals, transform = self.paper_augment
+        rows = idx.tolist()  # a wait for the device: this path computes on the CPU anyway
+        x = torch.stack([transform(originals(r).convert("RGB")) for r in rows]).to(self.mean.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     def batch(self, idx, width=None, augment=False):
+        if augment and self.paper_augment is not None:
+            return self.paper_batch(idx)
         if self.reader is not None:
             x = self.reader.next(len(idx), lambda: self.host_rows(idx)).float()
         else:
@@ -173,16 +197,17 @@ class ImageInputs:
 
 def timm_train_transform(x, size, interpolation):
     """timm's training transform (`create_transform(**data_config, is_training=True)`) of a batch of
-    float pixels in [0, 255], (n, 3, side, side), on their device and all at once:
-    RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3)) with the model's interpolation,
-    RandomHorizontalFlip(0.5), ColorJitter(0.4, 0.4, 0.4). The random numbers come from torch's RNG
-    on x's device. Unlike timm's, the crops come from the decoded square, not the original picture,
-    and a crop shrunk to `size` is not antialiased (PIL's resize is)."""
+    pixels in [0, 255], (n, 3, side, side), on their device and all at once, with PIL's arithmetic
+    (timm runs it on PIL images): RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3)) with the
+    model's interpolation, PIL's filter (bicubic a = -0.5, antialiased when shrinking) and its uint8
+    rounding after each pass; RandomHorizontalFlip(0.5); ColorJitter(0.4, 0.4, 0.4), each adjustment
+    PIL's blend, truncated to uint8. The random numbers come from torch's RNG on x's device. Unlike
+    timm's, the crops come from the decoded square, not the original picture (--paper_exact runs timm
+    itself on the original)."""
     n, side = len(x), x.shape[-1]
     top, left, height, width = sample_crops(n, side, x.device)
     flip = torch.rand(n, device=x.device) < 0.5
     x = resized_crop(x, top, left, height, width, size, interpolation, flip)
-    x = x.clamp(0, 255)  # bicubic overshoots; PIL (timm's path) clamps to uint8
     return color_jitter(x, *sample_jitter(n, x.device))
 
 
@@ -210,40 +235,64 @@ def uniform_offset(most):
 
 
 def resized_crop(x, top, left, height, width, size, interpolation, flip):
-    """Each picture's box resized to size x size and, where `flip`, mirrored left to right: two
-    batched matmuls with per-picture resize weights (see resize_weights)."""
+    """Each (square) picture's box resized to size x size and, where `flip`, mirrored left to right, as PIL
+    resizes a cropped picture (torchvision's resized_crop on a PIL image): two passes, each a batched
+    matmul with per-picture weights (resize_weights), rounded to uint8 after each. PIL runs the
+    horizontal pass first, except (Pillow 13 on) where the height shrinks by more than twice as many
+    pixels as the width: there the vertical one. Such a picture is run transposed, with its two sets
+    of weights swapped, so one horizontal-first computation serves the whole batch (no wait for the
+    device to say which pictures are which)."""
     with torch.autocast(x.device.type, enabled=False):  # float32 weights: bf16 would shift the pixels
         rows = resize_weights(top, height, x.shape[-2], size, interpolation)
         cols = resize_weights(left, width, x.shape[-1], size, interpolation)
         cols = torch.where(flip[:, None, None], cols.flip(1), cols)
-        return rows[:, None] @ x @ cols[:, None].transpose(-1, -2)
+        if PIL_VERTICAL_FIRST:
+            upright = ~((height > size) & (height - size > 2 * (width - size)))[:, None, None]
+            rows, cols = torch.where(upright, rows, cols), torch.where(upright, cols, rows)
+            x = torch.where(upright[:, None], x, x.transpose(-1, -2))
+        x = to_uint8_levels(x @ cols[:, None].transpose(-1, -2))
+        x = to_uint8_levels(rows[:, None] @ x)
+        return torch.where(upright[:, None], x, x.transpose(-1, -2)) if PIL_VERTICAL_FIRST else x
+
+
+def to_uint8_levels(x):
+    """Rounded to the nearest whole level (halves up) and clipped to [0, 255], as PIL stores a pass."""
+    return (x + 0.5).floor().clamp(0, 255)
 
 
 def resize_weights(start, length, in_size, out_size, interpolation):
     """(n, out_size, in_size) weights that resize pixels [start, start + length) of each picture's
-    rows (or columns) to out_size, as F.interpolate(align_corners=False, antialias=False) resizes the
-    cropped picture: taps beyond the crop repeat its edge, and nothing is read outside it."""
-    src = (torch.arange(out_size, device=start.device) + 0.5) * (length / out_size)[:, None] - 0.5
-    if interpolation == "bilinear":
-        src = src.clamp(min=0)  # as PyTorch's linear kernels do (its cubic one does not)
-        offsets = torch.arange(0, 2, device=start.device)
-    else:
-        offsets = torch.arange(-1, 3, device=start.device)
-    taps = src.floor()[..., None] + offsets  # (n, out_size, taps), in the crop's own pixels
-    weights = kernel(src[..., None] - taps, interpolation)
-    taps = torch.minimum(taps.clamp(min=0), length[:, None, None] - 1) + start[:, None, None]
-    # Summed tap by tap, in a fixed order (scatter_add's atomics on CUDA would make it nondeterministic).
+    rows (or columns) to out_size as PIL's resampling does (Resample.c): output pixel i centred at
+    (i + 0.5) * scale of the crop, scale = length / out_size; the filter (bicubic, a = -0.5, support 2;
+    bilinear, support 1) stretched by the scale when shrinking (antialiasing); taps inside the crop
+    only, their weights summing to 1."""
+    scale = (length / out_size)[:, None, None]
+    stretch = scale.clamp(min=1)
+    support = (2.0 if interpolation == "bicubic" else 1.0) * stretch
+    center = (torch.arange(out_size, device=start.device)[None, :, None] + 0.5) * scale
+    # PIL's taps: from (int)(center - support + 0.5), truncated, to the crop's end; at most `taps` of them
+    first = (center - support + 0.5).trunc().clamp(min=0)
+    # the band's width, from the largest crop (the whole picture): known on the host, no wait for the device
+    taps = int(2 * (2.0 if interpolation == "bicubic" else 1.0) * max(1.0, in_size / out_size) + 2)
+    pixel = first + torch.arange(taps, device=start.device)  # (n, out_size, taps), in the crop's frame
+    last = torch.minimum((center + support + 0.5).trunc(), length[:, None, None])
+    weights = torch.where(pixel < last, pil_filter((pixel - center + 0.5) / stretch, interpolation), 0.0)
+    weights = weights / weights.sum(-1, keepdim=True)
+    # Laid out over the picture's pixels tap by tap, in a fixed order (scatter_add's atomics on CUDA
+    # would make it nondeterministic).
+    where = pixel + start[:, None, None]
     pixels = torch.arange(in_size, device=start.device)
-    return sum(weights[..., k, None] * (taps[..., k, None] == pixels) for k in range(len(offsets)))
+    return sum(weights[..., k, None] * (where[..., k, None] == pixels) for k in range(taps))
 
 
-def kernel(d, interpolation):
-    """The interpolation kernel at distance d: linear, or PyTorch's cubic convolution (a = -0.75)."""
+def pil_filter(d, interpolation):
+    """PIL's resampling filters at distance d: the triangle (bilinear), or the cubic with a = -0.5."""
     d = d.abs()
     if interpolation == "bilinear":
         return (1 - d).clamp(min=0)
-    a = -0.75
-    return torch.where(d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1, ((a * d - 5 * a) * d + 8 * a) * d - 4 * a)
+    a = -0.5
+    return torch.where(d < 1, ((a + 2) * d - (a + 3)) * d * d + 1,
+                       torch.where(d < 2, (((d - 5) * d + 8) * d - 4) * a, 0.0))
 
 
 def sample_jitter(n, device, strength=0.4):
@@ -258,22 +307,24 @@ BRIGHTNESS, CONTRAST, SATURATION = 0, 1, 2
 
 
 def color_jitter(x, factors, order):
-    """torchvision's ColorJitter of float pixels in [0, 255] with the drawn factors and order: each
-    adjustment blends the picture with a reference by its factor, then clamps. The reference is
-    black (brightness), the mean of the grey picture (contrast) or the grey picture (saturation)."""
+    """torchvision's ColorJitter of a PIL picture (PIL's ImageEnhance), on pixels in [0, 255] with the
+    drawn factors and order: each adjustment blends a reference with the picture by its factor and
+    truncates to uint8 (PIL's Image.blend). The reference is black (brightness), the mean of the grey
+    picture rounded to a level (contrast) or the grey picture (saturation), grey being PIL's L."""
     for step in range(order.shape[1]):
         op = order[:, step, None, None, None]
         grey = grayscale(x)
-        reference = torch.where(op == BRIGHTNESS, 0.0,
-                                torch.where(op == CONTRAST, grey.mean((1, 2, 3), keepdim=True), grey))
+        mean = (grey.double().mean((1, 2, 3), keepdim=True) + 0.5).floor().float()
+        reference = torch.where(op == BRIGHTNESS, 0.0, torch.where(op == CONTRAST, mean, grey))
         factor = factors.gather(1, order[:, step, None])[:, :, None, None]
-        x = (factor * x + (1 - factor) * reference).clamp(0, 255)
+        x = (reference + factor * (x - reference)).clamp(0, 255).floor()
     return x
 
 
 def grayscale(x):
-    """(n, 1, H, W) luma of RGB pixels, with torchvision's (and PIL's) ITU-R 601-2 weights."""
-    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    """(n, 1, H, W) PIL's L of RGB pixel levels: (299 R + 587 G + 114 B) / 1000 in its fixed point,
+    rounded (exact in float32: the sums stay under 2^24)."""
+    return ((x[:, 0] * 19595 + x[:, 1] * 38470 + x[:, 2] * 7471 + 32768) / 65536).floor().unsqueeze(1)
 
 
 class BatchReader:
@@ -383,14 +434,20 @@ class PairInputs:
         self.image_inputs.expect(batches)
 
 
+def pictures_of(inputs):
+    """The ImageInputs of a model's inputs (a two-tower model's image side), or None for text."""
+    images = inputs.image_inputs if isinstance(inputs, PairInputs) else inputs
+    return images if isinstance(images, ImageInputs) else None
+
+
 MAX_UPSCALE = 4  # beyond this a picture is mostly interpolation: the model computes on blur, and slowly
 
 
 def warn_upscale(inputs, model):
     """One warning line when a downstream model's inputs enlarge the dataset's pictures more than
     MAX_UPSCALE times (digits' 8 px at 224 px), naming the flag that avoids it."""
-    images = inputs.image_inputs if isinstance(inputs, PairInputs) else inputs
-    if not isinstance(images, ImageInputs):
+    images = pictures_of(inputs)
+    if images is None:
         return
     native = images.images.shape[-1]
     if images.size > MAX_UPSCALE * native:

@@ -6,6 +6,7 @@ the first NaN or inf loss, logs to wandb, and writes the results JSON with its p
 library versions, command line). A trainer is anything with this small protocol:
 
     steps, n_train, n_eval, precision        # totals of the run, and the arithmetic it used
+    batching                                 # its batches of each epoch (aft.optim.Batching)
     decoded_size, class_names, skipped_rows  # the side its pictures were decoded to (0: kept as they are), the
                                              # classes, the bad rows of your own data left out
     world                                    # this process among those torchrun started (aft.distributed)
@@ -25,6 +26,7 @@ checkpoint, the results JSON and wandb; each process keeps its own RNG state in 
 """
 import json
 import os
+import random
 import shlex
 import signal
 import sys
@@ -46,20 +48,6 @@ from aft.record import RunRecord, provenance
 KILL_AFTER_CHECKPOINT = "AFT_TEST_KILL_AFTER_CHECKPOINT"
 
 
-def batch_rows(batch_size, n):
-    """The rows of one global batch: --batch_size, or all n train rows when there are fewer."""
-    return min(batch_size, n)
-
-
-def epoch_batches(n, batch_size, seed, epoch):
-    """The batches of one epoch: a fresh shuffle per epoch, derived from (seed, epoch) so a resumed
-    run sees exactly the batches the uninterrupted run would have."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=g)
-    size = batch_rows(batch_size, n)
-    return list(perm[: n - n % size].split(size))  # equal-size batches: no ragged last step
-
-
 def fit(trainer, plan, started, resume=None):
     """Train to the end (resuming from the run's checkpoint when asked); returns its RunRecord.
     `resume`: (path, identity) of a checkpoint of this run under the name earlier versions gave it."""
@@ -75,19 +63,19 @@ def fit(trainer, plan, started, resume=None):
         print(f"note: no checkpoint of this run in {cfg.ckpt_dir} ({run_name}.pt): starting at step 0", flush=True)
 
     wandb_run = start_wandb(plan) if cfg.use_wandb and world.is_main else None
-    n_train = trainer.n_train
-    batches_per_epoch = max(1, n_train // batch_rows(cfg.batch_size, n_train))
+    batching = trainer.batching
     split = "val" if cfg.use_val else "test"
     bar = tqdm(total=steps, initial=progress.step, desc=run_name, leave=False, mininterval=2, file=sys.stderr,
                disable=not world.is_main)
     mark = time.time()  # the steps' own time is counted, evaluations and checkpoints left out
     with Interruption(world) as interruption:
         while progress.step < steps:
-            epoch, offset = divmod(progress.step, batches_per_epoch)
-            batches = epoch_batches(n_train, cfg.batch_size, cfg.seed, epoch)[offset:]
+            epoch, offset = divmod(progress.step, batching.per_epoch)
+            batches = batching.batches(epoch)[offset:]
             widths = trainer.widths(batches)
             # One host-to-device copy per epoch rather than one (pageable, so synchronous) per step.
-            for idx, width in zip(torch.stack(batches).to(device).unbind(0), widths):
+            device_batches = torch.cat(batches).to(device).split([len(b) for b in batches])
+            for idx, width in zip(device_batches, widths):
                 progress.add(torch.stack(trainer.step(idx, width)))
                 bar.update(1)
                 step = progress.step
@@ -146,8 +134,12 @@ class Progress:
         self.since = step
         return loss_m, ce_m, reg_m
 
-    def state(self):
-        return dict(step=self.step, evals=json.dumps(self.evals), sums=self.sums.cpu(), since=self.since,
+    def state(self, world):
+        """What a checkpoint keeps (a collective call: every rank makes it). The losses summed since the
+        last evaluation differ per rank; each rank resumes with their mean, so their sum over the ranks
+        at the next evaluation is the uninterrupted run's."""
+        sums = world.sum(self.sums.clone()) / world.size
+        return dict(step=self.step, evals=json.dumps(self.evals), sums=sums.cpu(), since=self.since,
                     first_bad=int(self.first_bad), train_seconds=self.train_seconds)
 
     @classmethod
@@ -269,7 +261,8 @@ def write_record(record, path):
 
 
 def rng_state(device):
-    state = {"rng_cpu": torch.get_rng_state()}
+    # Python's own: timm's training transform draws from it (--paper_exact's augmentation)
+    state = {"rng_cpu": torch.get_rng_state(), "rng_python": random.getstate()}
     if device.type == "cuda":
         state["rng_cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -280,9 +273,10 @@ def save_checkpoint(path, trainer, progress, device, plan):
     RNG state; a write that fails (a full disk, a folder made read-only) is one line."""
     world, step = trainer.world, progress.step
     rngs = world.gather_objects(rng_state(device))
+    progress_state = progress.state(world)
     if world.is_main:
         # evals and config as JSON strings: the file stays loadable with weights_only=True
-        state = dict(trainer.state_dict(), **progress.state(), config=json.dumps(flat_config(plan.cfg)),
+        state = dict(trainer.state_dict(), **progress_state, config=json.dumps(flat_config(plan.cfg)),
                      identity=json.dumps(plan.identity), **rngs[0])
         if world.size > 1:
             state["rng_ranks"] = rngs
@@ -324,6 +318,8 @@ def load_checkpoint(path, identity, trainer, device):
     ranks = state.get("rng_ranks") or []
     rng = ranks[trainer.world.rank] if len(ranks) == trainer.world.size else state
     torch.set_rng_state(rng["rng_cpu"])
+    if "rng_python" in rng:
+        random.setstate(rng["rng_python"])
     if device.type == "cuda" and "rng_cuda" in rng:
         torch.cuda.set_rng_state(rng["rng_cuda"], device)
     return Progress.from_state(state, device)

@@ -11,12 +11,12 @@ from types import SimpleNamespace
 
 from aft.config import BOUNDS, OPTIMIZERS, Config
 from aft.datasets import dataset_entry, tensor_product, train_eval_indices
-from aft.datasets.decode import decode_size
+from aft.datasets.decode import decode_size, decoding_for
 from aft.distributed import SINGLE
 from aft.errors import UserError, check_bounds, first_line
 from aft.features import cached_modality, feature_path
 from aft.identity import compose_run_name, flat_config, ignored_flags, legacy_run_name, result_identity
-from aft.methods import get_method, hyperparameters
+from aft.methods import default_of, get_method, hyperparameters
 from aft.models import check_modality, resolve_model
 from aft.runtime import resolve_device, resolve_precision
 
@@ -43,7 +43,7 @@ class RunPlan:
     dataset: object  # the dataset's registry entry (aft.datasets.DatasetEntry)
     student: object  # the downstream model's ModelSpec; None for a method without one (linear_probe)
     teachers: tuple  # TeacherPlan of each pre-trained model, in order (none for a method without)
-    decode_size: int  # the side pictures of varying size are decoded at for this run
+    decode_size: object  # how pictures of varying size are decoded for the run: a side, or a Decoding
     device: object  # torch.device of this process
     precision: str  # "bf16" or "fp32"
     run_name: str
@@ -58,6 +58,12 @@ class RunPlan:
     @property
     def ckpt_path(self):
         return os.path.join(self.cfg.ckpt_dir, f"{self.run_name}.pt") if self.cfg.ckpt_dir else None
+
+    @property
+    def per_model_pictures(self):
+        """Whether each model reads the pictures decoded for it (pictures of varying size; all pictures
+        under --paper_exact, those of the paper's datasets, as its code applies each model's transform)."""
+        return self.dataset.decodes or (self.cfg.paper_exact and self.dataset.paper_decodes)
 
     @property
     def holds_out(self):
@@ -78,12 +84,12 @@ class RunPlan:
 def method_settings(cfg, method):
     """The method's Settings from the run's method_args, after every hyperparameter's bound; a value
     that only another method reads is refused where that method says so."""
-    values = {f.name: cfg.method_args.get(f.name, f.default) for f in hyperparameters()}
+    values = {f.name: cfg.method_args.get(f.name, default_of(f, cfg.paper_exact)) for f in hyperparameters()}
     check_bounds(SimpleNamespace(**values), {f.name: f.metadata["bound"] for f in hyperparameters() if f.metadata["bound"]})
     own = {f.name for f in dataclasses.fields(method.Settings)}
     for f in hyperparameters():
         refused = f.metadata.get("refused_elsewhere")
-        if f.name not in own and refused and values[f.name] != f.default:
+        if f.name not in own and refused and values[f.name] != default_of(f, cfg.paper_exact):
             raise UserError(f"--{f.name}={values[f.name]}: {refused}")
     return method.Settings(**{name: values[name] for name in own})
 
@@ -104,6 +110,11 @@ def make_plan(cfg, world=SINGLE):
         raise UserError("--resume needs --ckpt_dir (where the run's checkpoint is)")
     if method.uses_teacher and not cfg.teacher_names:
         raise UserError(f"--method={cfg.method} needs --pretrained_models (comma-separated model names)")
+    if cfg.paper_exact and cfg.precision == "bf16":
+        raise UserError("--paper_exact computes as the paper's code does, in fp32 without TF32: drop --precision=bf16")
+    if cfg.paper_exact and world.size > 1:
+        raise UserError("--paper_exact trains as the paper's code does, in one process (its last batch of an epoch is "
+                        "short): run it with python, not torchrun")
     if cfg.batch_size % world.size:
         raise UserError(f"--batch_size={cfg.batch_size} is the batch of all {world.size} processes together and "
                         f"must divide evenly among them; use a multiple of {world.size}")
@@ -141,22 +152,22 @@ def make_plan(cfg, world=SINGLE):
             check_writable(cfg.ckpt_dir, "ckpt_dir")
         if any(not t.cached for t in teachers) or method.preparation:
             check_writable(cfg.features_dir, "features_dir")
-    note_ignored(cfg)
+    note_ignored(cfg, dataset)
     identity = result_identity(cfg, dataset)
     name = cfg.run_name or compose_run_name(cfg, identity, dataset)
     legacy = legacy_run_name(cfg, dataset) if not cfg.run_name else name
     return RunPlan(cfg, method, settings, dataset, student, teachers, pictures_side(cfg, student, teachers), device,
-                   resolve_precision(cfg.precision, device), name, identity, world,
+                   resolve_precision("fp32" if cfg.paper_exact else cfg.precision, device), name, identity, world,
                    legacy_name=legacy if legacy != name else None)
 
 
-def note_ignored(cfg):
+def note_ignored(cfg, dataset=None):
     """One line for each flag given a value that the run's method ignores: it changes nothing. (An
     empty value or 0, as `--pretrained_models= --prec=0` for init, says that already.)"""
     defaults = {**{f.name: f.default for f in dataclasses.fields(Config)},
                 **{f.name: f.default for f in hyperparameters()}}
     flat = flat_config(cfg)
-    for flag in sorted(ignored_flags(cfg)):
+    for flag in sorted(ignored_flags(cfg, dataset)):
         if flat[flag] != defaults[flag] and flat[flag]:
             print(f"note: --{flag}={flat[flag]} changes nothing for --method={cfg.method}, so it is no part of the "
                   f"run's identity", flush=True)
@@ -198,9 +209,12 @@ def check_writable(folder, flag):
 
 
 def pictures_side(cfg, student, teachers):
-    """The side pictures of varying size are decoded at for this run: the largest that a model reading
-    them in this run resizes them to (the downstream model, and the pre-trained models whose features
-    are computed now), so none of them sees an upsampled copy."""
-    sizes = [student.pixels(cfg.image_size or None)] if student is not None else []
-    sizes += [t.spec.pixels(cfg.teacher_image_size or None) for t in teachers if not t.cached]
-    return decode_size(sizes)
+    """How the run's pictures of varying size are decoded: for the downstream model (at its input size
+    over its crop fraction), whatever is cached, so the same flags always give it the same pixels;
+    without one (a linear probe), for the first pre-trained model whose features are computed. A
+    pre-trained model whose features are computed gets the pictures decoded for it (aft.teachers), as
+    save_features.py does."""
+    if student is not None:
+        return decoding_for(student, cfg.image_size, cfg.paper_exact)
+    missing = [t.spec for t in teachers if not t.cached]
+    return decoding_for(missing[0], cfg.teacher_image_size, cfg.paper_exact) if missing else decode_size()

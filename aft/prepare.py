@@ -22,11 +22,12 @@ from aft.registry import Registry
 
 @dataclass(frozen=True)
 class Preparation:
-    # run(method, student, labels, teachers) -> what the method's start() takes; `method` is the method (its
-    # nn.Module), `student` an aft.train.Student, `labels` the train rows' labels on the run's device,
-    # `teachers` an aft.teachers.TeacherFeatures
+    # run(method, student, labels, teachers, paper_exact) -> what the method's start() takes; `method` is the
+    # method (its nn.Module), `student` an aft.train.Student, `labels` the train rows' labels on the run's
+    # device, `teachers` an aft.teachers.TeacherFeatures, `paper_exact` whether to prepare as the paper's code
     run: Callable
     writes_files: bool = False  # True: a file all processes read (under torchrun rank 0 goes first)
+    paper_reads_all_rows: bool = False  # under --paper_exact it reads every train and test row of the caches
 
 
 PREPARATIONS = Registry("preparation")
@@ -87,7 +88,7 @@ def read_own_logme(model, width, teachers):
     return own
 
 
-def logme_weights(method, student, labels, teachers):
+def logme_weights(method, student, labels, teachers, paper_exact=False):
     """The teachers' LogME scores and weights from their files, and M_s: from the student's own file
     when it starts pre-trained; else LogME of its features at initialisation (they depend on the
     seed, so they are fitted here, never cached)."""
@@ -125,12 +126,17 @@ AE_MAX_ROUNDS, AE_MIN_ROUND_STEPS, AE_PATIENCE, AE_MIN_GAIN = 500, 50, 10, 1e-2
 AE_CACHE_VERSION = 2  # 2: one autoencoder per pre-trained model
 
 
+def fresh_autoencoder(dim, factor_dim):
+    """The encoder and decoder, initialised from AE_SEED (the global RNG is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(AE_SEED)
+        return encoder_net(dim, factor_dim), decoder_net(dim, factor_dim)
+
+
 def train_autoencoder(x, factor_dim, device):
     """Encoder and decoder fitted to reconstruct the rows of x (MSE), Adam, early stopping on a fixed
     hold-out; returns the best encoder (CPU) and its hold-out MSE. The global RNG is left untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(AE_SEED)
-        encoder, decoder = encoder_net(x.shape[1], factor_dim), decoder_net(x.shape[1], factor_dim)
+    encoder, decoder = fresh_autoencoder(x.shape[1], factor_dim)
     g = torch.Generator().manual_seed(AE_SEED)
     perm = torch.randperm(len(x), generator=g)
     n_hold = max(1, int(AE_HOLDOUT * len(x))) if len(x) > 1 else 0
@@ -162,22 +168,52 @@ def train_autoencoder(x, factor_dim, device):
     return encoder.cpu(), best
 
 
-def autoencoder_key(x, model, teachers, factor_dim):
+def train_autoencoder_paper(x, test_x, factor_dim, device):
+    """The paper's train_ae.py: every train row in order, batches of AE_BATCH, Adam at AE_LR, early
+    stopping on the test rows' features (the best epoch so far kept; AE_PATIENCE epochs without a lower
+    test MSE stop it), at most AE_MAX_ROUNDS epochs; returns the best encoder (CPU) and its test MSE."""
+    encoder, decoder = fresh_autoencoder(x.shape[1], factor_dim)
+    encoder, decoder = encoder.to(device), decoder.to(device)
+    optimizer = torch.optim.Adam(list(encoder.parameters()) + list(decoder.parameters()), lr=AE_LR)
+    best, best_state, patience = float("inf"), None, AE_PATIENCE
+    x, test_x = x.to(device), test_x.to(device)
+    for _ in range(AE_MAX_ROUNDS):
+        for batch in x.split(AE_BATCH):
+            loss = F.mse_loss(decoder(encoder(batch)), batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():  # the mean over test rows of each batch's mean squared error, as train_ae.py
+            test = sum(F.mse_loss(decoder(encoder(b)), b).item() * len(b) for b in test_x.split(AE_BATCH)) / len(test_x)
+        if test < best:
+            best, best_state, patience = test, copy.deepcopy(encoder.state_dict()), AE_PATIENCE
+        else:
+            patience -= 1
+            if patience == 0:
+                break
+    encoder.load_state_dict(best_state)
+    return encoder.cpu(), best
+
+
+def autoencoder_key(x, model, teachers, factor_dim, procedure="hold-out"):
     """What identifies the rows an autoencoder was trained on: a cache is reused only for the same."""
     xd = x.double()
     fingerprint = [xd.sum().item(), xd.pow(2).sum().item(), (xd.sum(1) * torch.arange(1, len(xd) + 1)).sum().item()]
     return dict(version=AE_CACHE_VERSION, model=model, dataset=teachers.dataset, dim=x.shape[1],
                 n_train=teachers.n_source, train_frac=float(teachers.train_frac), use_val=bool(teachers.use_val),
-                fingerprint=fingerprint, factor_dim=factor_dim)
+                fingerprint=fingerprint, factor_dim=factor_dim, **({"procedure": procedure} if procedure != "hold-out" else {}))
 
 
-def paraphraser(model, x, factor_dim, teachers, device):
+def paraphraser(model, x, factor_dim, teachers, device, test_x=None):
     """The encoder of `model`'s autoencoder (a state dict): from its cache
     {features_dir}/{model}_{dataset}.ft{suffix}.pt when that was made from these rows, else trained
-    now (on the train features of the rows the run trains on, early stopping on a fixed 10% of them,
-    as the paper's train_ae.py but without looking at the test split) and cached."""
-    key = autoencoder_key(x, model, teachers, factor_dim)
-    path = teachers.derived_path(model, "ft")
+    now and cached: on the train features of the rows the run trains on, early stopping on a fixed 10%
+    of them (as the paper's train_ae.py, but without looking at the test split); or, given the test
+    rows' features `test_x` (--paper_exact), as train_ae.py itself on every train row
+    ({model}_{dataset}.ft-paper.pt)."""
+    procedure = "hold-out" if test_x is None else "paper"
+    key = autoencoder_key(x, model, teachers, factor_dim, procedure)
+    path = teachers.derived_path(model, "ft" if test_x is None else "ft-paper")
     with cache_lock(path):  # runs that need it at once: one trains it, the others wait and read it
         if os.path.exists(path):
             cached = safe_load(path, "factor-transfer autoencoder")
@@ -186,16 +222,20 @@ def paraphraser(model, x, factor_dim, teachers, device):
             print(f"ft: {path} was made from other features or rows: training it again", flush=True)
         print(f"ft: training the autoencoder of {model} ({x.shape[1]} -> {factor_dim}) on {len(x)} train rows",
               flush=True)
-        encoder, mse = train_autoencoder(x, factor_dim, device)
+        encoder, mse = train_autoencoder(x, factor_dim, device) if test_x is None else \
+            train_autoencoder_paper(x, test_x, factor_dim, device)
         state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
         atomic_save(dict(key=key, encoder=state, heldout_mse=mse), path)
     print(f"ft: saved {path} (held-out reconstruction MSE {mse:.4g})", flush=True)
     return state
 
 
-def ft_autoencoders(method, student, labels, teachers):
+def ft_autoencoders(method, student, labels, teachers, paper_exact=False):
+    if paper_exact:  # the paper's train_ae.py: every train row, early stopping on the test rows
+        return [paraphraser(name, cache["train"].float(), k, teachers, labels.device, cache["test"].float())
+                for name, cache, k in zip(teachers.names, teachers.caches, method.factor_dims)]
     return [paraphraser(name, x.float(), k, teachers, labels.device)
             for name, x, k in zip(teachers.names, teachers.train, method.factor_dims)]
 
 
-PREPARATIONS.register("ft_autoencoders", Preparation(ft_autoencoders, writes_files=True))
+PREPARATIONS.register("ft_autoencoders", Preparation(ft_autoencoders, writes_files=True, paper_reads_all_rows=True))

@@ -7,8 +7,7 @@ the gradients averaged (DistributedDataParallel), evaluation shared out."""
 import torch
 import torch.nn.functional as F
 
-from aft.loop import batch_rows
-from aft.optim import cosine_schedule, make_optimizer
+from aft.optim import batch_rows, batching, make_optimizer
 from aft.product import join_features
 
 
@@ -16,7 +15,7 @@ class ProbeTrainer:
     def __init__(self, plan, task, train_idx, eval_split, teachers):
         cfg, method_cls, device, world = plan.cfg, plan.method, plan.device, plan.world
         self.cfg, self.device, self.precision, self.world = cfg, device, "fp32", world  # a linear layer: no autocast
-        product = method_cls.reads_product(task.modality)
+        product = method_cls.reads_product(task.modality, cfg.paper_exact)
         self.x_train = join_features([t.float() for t in teachers.train], product).to(device)
         self.y_train = task.train.labels[train_idx].to(device)
         self.x_eval = join_features([t.float() for t in teachers.eval], product).to(device)
@@ -26,10 +25,11 @@ class ProbeTrainer:
         self.model = method_cls(teachers.dims, task.num_classes, product=product).to(device)
         self.forward = world.data_parallel(self.model, device)
         self.share = world.shard(batch_rows(cfg.batch_size, self.n_train))
-        self.steps = cfg.steps * task.step_multiplier  # 4 on mnli, qqp, qnli (the paper's), as a student's
+        self.batching = batching(cfg, self.n_train, task.step_multiplier, augments=False)  # as a student's
+        self.steps = self.batching.steps
         self.optimizer = make_optimizer([{"params": list(self.model.parameters())}], cfg.optimizer, cfg.lr, cfg.wd,
                                         device)
-        self.scheduler = cosine_schedule(self.optimizer, self.steps)
+        self.scheduler = self.batching.schedule(self.optimizer)
         self.zero = torch.zeros((), device=device)  # R: nothing is regularised
 
     def start(self, prepared):

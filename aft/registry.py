@@ -64,6 +64,6 @@ class Registry:
         raise self.unknown(name)
 
     def unknown(self, name):
-        candidates = list(self.entries) + (list(self.more_names()) if self.more_names else [])
+        candidates = dict.fromkeys(list(self.entries) + (list(self.more_names()) if self.more_names else []))
         valid = (self.valid or "{registered}").format(registered=", ".join(self.names()))
         return UserError(f"unknown {self.kind} {name!r}{did_you_mean(name, candidates)}; valid {self.kind}s: {valid}")

@@ -85,15 +85,15 @@ def store_paths(folder, key):
     return f"{base}.u8", f"{base}.json"
 
 
-def open_store(folder, key, n=None):
+def open_store(folder, key, n=None, extra=None):
     """(DiskImages, labels, info) of the finished store `key` in `folder`, or None when there is none
-    (or it holds another number of rows than `n`)."""
+    (or it holds another number of rows than `n`, or its header other values for `extra`'s keys)."""
     data, header = store_paths(folder, key)
     try:
         with open(header) as f:
             info = json.load(f)
         if (n is not None and info["n"] != n) or os.path.getsize(data) != info["n"] * info["channels"] * \
-                info["size"] ** 2:
+                info["size"] ** 2 or any(info.get(k) != v for k, v in (extra or {}).items()):
             return None
     except (OSError, ValueError, KeyError):
         return None
@@ -103,7 +103,8 @@ def open_store(folder, key, n=None):
 def write_store(folder, key, n, size, get, workers, desc="decoding", extra=None):
     """Decode rows 0..n-1 with get(i) -> (uint8 (3, size, size) tensor or None for an unreadable row,
     label) in threads into the store `key`, resuming a killed decoding; returns what open_store does.
-    The labels, the rows that could not be read (`bad`: [row, reason]) and `extra` go into the header."""
+    The labels, the rows that could not be read (`bad`: [row, reason]) and `extra` go into the header; a
+    store or a killed decoding made with other `extra` values is decoded anew."""
     from tqdm import tqdm
     try:
         os.makedirs(folder, exist_ok=True)
@@ -117,10 +118,10 @@ def write_store(folder, key, n, size, get, workers, desc="decoding", extra=None)
     row_bytes = 3 * size * size
     # Two processes decoding one store take turns: the second finds it made.
     with locked(os.path.join(folder, f".{key}.lock"), f"waiting for {data}: another process is decoding it"):
-        finished = open_store(folder, key, n)
+        finished = open_store(folder, key, n, extra)
         if finished is not None:
             return finished
-        done = _read_done(done_file, n, size)
+        done = _read_done(done_file, n, size, extra)
         if not os.path.exists(partial) or os.path.getsize(partial) != n * row_bytes:
             done = {}
         with open(partial, "ab"):
@@ -147,7 +148,7 @@ def write_store(folder, key, n, size, get, workers, desc="decoding", extra=None)
                     results = list(pool.map(work, chunk))
                     os.fsync(fd)
                     done[str(k)] = [[r[1] for r in results], [[i, r[2]] for i, r in zip(chunk, results) if r[2]]]
-                    _write_done(done_file, n, size, done)
+                    _write_done(done_file, n, size, extra, done)
         finally:
             os.close(fd)
         labels = [label for k in range(len(chunks)) for label in done[str(k)][0]]
@@ -156,17 +157,17 @@ def write_store(folder, key, n, size, get, workers, desc="decoding", extra=None)
         atomic_write(header, lambda f: json.dump(dict(n=n, channels=3, size=size, labels=[
             -1 if label is None else label for label in labels], bad=bad, **(extra or {})), f), binary=False)
         os.remove(done_file)
-    return open_store(folder, key, n)
+    return open_store(folder, key, n, extra)
 
 
-def _read_done(path, n, size):
+def _read_done(path, n, size, extra):
     try:
         with open(path) as f:
             saved = json.load(f)
-        return saved["chunks"] if (saved["n"], saved["size"]) == (n, size) else {}
+        return saved["chunks"] if (saved["n"], saved["size"], saved.get("extra")) == (n, size, extra or {}) else {}
     except (OSError, ValueError, KeyError):
         return {}
 
 
-def _write_done(path, n, size, done):
-    atomic_write(path, lambda f: json.dump(dict(n=n, size=size, chunks=done), f), binary=False)
+def _write_done(path, n, size, extra, done):
+    atomic_write(path, lambda f: json.dump(dict(n=n, size=size, extra=extra or {}, chunks=done), f), binary=False)

@@ -5,11 +5,13 @@ import os
 
 import torch
 
-from aft.datasets import subset_suffix
+from aft.datasets import load_entry, subset_suffix
+from aft.datasets.decode import decoding_for
 from aft.errors import UserError
 from aft.extract import extract_to_cache
 from aft.features import feature_path, missing_rows, read_features, save_features_command
 from aft.models import resolve_model
+from aft.prepare import PREPARATIONS
 
 
 class TeacherFeatures:
@@ -24,6 +26,7 @@ class TeacherFeatures:
     def __init__(self, names, caches, train_rows, dataset, features_dir, train_frac, holds_out, val_rows=None,
                  eval_split=None, flags=None):
         self.names, self.dataset, self.features_dir, self.flags = list(names), dataset, features_dir, flags
+        self.caches = caches  # the whole caches (memory-mapped): a preparation may read beyond the run's rows
         self.train_frac, self.use_val = train_frac, holds_out
         self.train = [c["train"][train_rows] for c in caches]
         self.dims = [t.shape[1] for t in self.train]
@@ -71,12 +74,19 @@ def load_teachers(plan, task, train_rows, val_rows, eval_split=None):
     cfg, world, device = plan.cfg, plan.world, plan.device
     size = cfg.teacher_image_size
     need = rows_needed(train_rows, val_rows, eval_split)
+    preparation = plan.method.preparation and PREPARATIONS.get(plan.method.preparation)
+    if cfg.paper_exact and preparation and preparation.paper_reads_all_rows:
+        need = {"train": None, "test": None, **{k: v for k, v in need.items() if k not in ("train", "test")}}
     caches = []
+    # Under --paper_exact a teacher's cache must be of pictures decoded as the paper's code does (and
+    # without, not): where the pictures are decoded per model.
+    paper_pictures = cfg.paper_exact if plan.per_model_pictures else None
+    tasks = {plan.decode_size: task}  # the dataset with its pictures decoded for each model that needs them
     for teacher in plan.teachers:
         lacking = 0
         if os.path.exists(teacher.cache):  # refused when made otherwise; else, maybe some rows are not there yet
             cache = read_features(teacher.cache, teacher.name, features_dir=cfg.features_dir, image_size=size,
-                                  task=task, need={})
+                                  task=task, need={}, paper_pictures=paper_pictures)
             lacking = sum(len(missing_rows(cache, split, rows)) for split, rows in need.items())
             if lacking:
                 print(f"features {teacher.cache} lack {lacking} rows this run reads: computing them now", flush=True)
@@ -85,16 +95,21 @@ def load_teachers(plan, task, train_rows, val_rows, eval_split=None):
         if lacking or not os.path.exists(teacher.cache):
             # Building the teacher draws random numbers (its weights are initialised before they are
             # loaded): on a forked RNG, so the student starts the same whether or not the cache existed.
+            spec = teacher.spec or resolve_model(teacher.name)
+            decoding = decoding_for(spec, size, cfg.paper_exact) if plan.per_model_pictures else plan.decode_size
+            if decoding != plan.decode_size and decoding not in tasks:  # the teacher sees the pictures decoded for
+                with world.main_first():  # it, as save_features.py would; rank 0 decodes them once, the others read
+                    tasks[decoding] = load_entry(plan.dataset, cfg.data_dir or None, decoding)
             try:
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    extract_to_cache(teacher.spec or resolve_model(teacher.name), task, teacher.cache,
-                                     cfg.extract_batch_size, device, cfg.precision, size or None, world=world, need=need)
+                    extract_to_cache(spec, tasks[decoding], teacher.cache, cfg.extract_batch_size, device,
+                                     cfg.precision, size or None, world=world, need=need)
                 world.barrier()  # rank 0 has written the cache
             except UserError as e:
                 command = save_features_command(teacher.name, task.name, cfg.features_dir, size, task.flags)
                 raise UserError(f"missing feature file {teacher.cache}, and computing it here failed: {e}; make it "
                                 f"where the model loads with: {command} and copy it to {teacher.cache}") from None
         caches.append(read_features(teacher.cache, teacher.name, features_dir=cfg.features_dir, image_size=size,
-                                    task=task, need=need))
+                                    task=task, need=need, paper_pictures=paper_pictures))
     return TeacherFeatures([t.name for t in plan.teachers], caches, train_rows, task.name, cfg.features_dir,
                            cfg.train_frac, plan.holds_out, val_rows, eval_split, task.flags)

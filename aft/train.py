@@ -17,10 +17,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from aft.inputs import warn_upscale
-from aft.loop import batch_rows
+from aft.errors import UserError
+from aft.inputs import pictures_of, warn_upscale
 from aft.models import build_classifier
-from aft.optim import cosine_schedule, make_optimizer
+from aft.optim import batch_rows, batching, make_optimizer
 from aft.product import each_factor, join_features
 from aft.runtime import autocast, rank_seed, seed_everything
 
@@ -59,19 +59,22 @@ class Trainer:
         cfg, method_cls = plan.cfg, plan.method
         self.cfg, self.device, self.precision, self.world = cfg, plan.device, plan.precision, plan.world
         device, world = self.device, self.world
-        model = build_classifier(plan.student, task.num_classes, pretrained=bool(cfg.init_model))
+        # The paper's code builds a Hugging Face student from its pre-trained weights, --init_model or not.
+        pretrained = bool(cfg.init_model) or (cfg.paper_exact and plan.student.family == "hf")
+        model = build_classifier(plan.student, task.num_classes, pretrained=pretrained)
         if world.size > 1 and device.type == "cuda":  # BatchNorm over the global batch (CUDA only in PyTorch)
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(device)
         if device.type == "cuda" and plan.student.modality == "image":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.method = method_cls(model.phi_dims, teachers.dims if teachers else [], plan.settings).to(device)
-        product = method_cls.reads_product(task.modality)
+        product = method_cls.reads_product(task.modality, cfg.paper_exact)
         self.psi = join_features(teachers.train, product).to(device) if teachers else None
 
         # Preprocess once; only the rows trained on are kept.
         image_size = cfg.image_size or None
-        self.train_inputs = plan.student.make_inputs(task.train.subset(train_idx).inputs, task, image_size).to(device)
+        train_split = task.train.subset(train_idx)
+        self.train_inputs = plan.student.make_inputs(train_split.inputs, task, image_size).to(device)
         warn_upscale(self.train_inputs, cfg.model_class)
         self.train_labels = task.train.labels[train_idx].to(device)
         self.eval_inputs = plan.student.make_inputs(eval_split.inputs, task, image_size).to(device)
@@ -79,18 +82,24 @@ class Trainer:
         self.n_train, self.n_eval = len(self.train_labels), len(self.eval_labels)
         self.decoded_size, self.class_names, self.skipped_rows = task.decoded_size, task.class_names, task.skipped
         self.augment = method_cls.augments(plan.settings) and task.modality == "image"
+        if self.augment and cfg.paper_exact:  # timm's own transform on each original picture, as the paper's code
+            if train_split.originals is None:
+                raise UserError(f"dataset {task.name} keeps no original pictures to augment as the paper's code does; "
+                                f"drop --paper_exact or --no_augment=False")
+            pictures_of(self.train_inputs).augment_as_paper(train_split.originals)
         self.share = world.shard(batch_rows(cfg.batch_size, self.n_train))  # this process's rows of every global batch
         self.gathers = method_cls.takes_beta()  # only a regulariser reads the global batch's phi
 
-        self.steps = cfg.steps * task.step_multiplier  # 4 on mnli, qqp, qnli (the paper's)
+        self.batching = batching(cfg, self.n_train, task.step_multiplier, method_cls.augments(plan.settings))
+        self.steps = self.batching.steps
         groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}] + self.method.param_groups()
         self.optimizer = make_optimizer(groups, cfg.optimizer, cfg.lr, cfg.wd, device)
-        self.scheduler = cosine_schedule(self.optimizer, self.steps)
+        self.scheduler = self.batching.schedule(self.optimizer)
         self.method_params = [p for p in self.method.parameters() if p.requires_grad]
         forward = world.data_parallel(self.model, device)
         self.forward = torch.compile(forward) if cfg.compile else forward
         self.model.train()
-        self.student = Student(cfg.model_class, bool(cfg.init_model), self.train_features)
+        self.student = Student(cfg.model_class, pretrained, self.train_features)
 
     def start(self, prepared):
         """Hand the method what its preparation made, before the first step."""

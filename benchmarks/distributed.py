@@ -37,7 +37,7 @@ from train_step import TEACHER_DIM, cifar_like
 from aft import distributed
 from aft.datasets import Split, Task
 from aft.extract import extract_chunks, merge_chunks, prepare_body
-from aft.loop import epoch_batches
+from aft.optim import epoch_batches
 from aft.models import resolve_model
 from aft.runtime import resolve_device, resolve_precision, seed_everything, speed_settings
 

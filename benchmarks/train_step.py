@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from aft.datasets import Split, Task
-from aft.loop import epoch_batches
+from aft.optim import epoch_batches
 from aft.methods import get_method
 from aft.models import create_classifier
 from aft.runtime import seed_everything, speed_settings

@@ -57,7 +57,8 @@ def started(name, student_dim, teacher_dims, cfg):
                                cfg.use_val)
     student = Student(cfg.model_class, bool(cfg.init_model), lambda: pytest.fail("the student's features were read"))
     labels = torch.zeros(len(rows), dtype=torch.long)
-    reg.start(PREPARATIONS.get(cls.preparation).run(reg, student, labels, teachers) if cls.preparation else None)
+    reg.start(PREPARATIONS.get(cls.preparation).run(reg, student, labels, teachers, cfg.paper_exact)
+              if cls.preparation else None)
     return reg
 
 
@@ -451,7 +452,8 @@ def test_logme_script_train_frac_and_missing_file(workdir):
 def test_run_every_baseline(workdir, method):
     work, _ = workdir
     out = cli("run.py", *IMAGE_RUN, f"--method={method}", "--prec=2", "--seed=3", cwd=work)
-    name = f"digits_resnet10t_{method}_prec2_lr0.001_seed3"
+    beta = "_prec2" if get_method(method).takes_beta() else ""  # a name has beta only where the method has one
+    name = f"digits_resnet10t_{method}{beta}_lr0.001_seed3"
     assert "final test accuracy:" in out.stdout and name in out.stdout
     res = json.load(open(result_file(work / "results", name)))
     assert res["config"]["method"] == method and [e["step"] for e in res["evals"]] == [3, 6]

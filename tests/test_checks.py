@@ -99,7 +99,8 @@ def test_a_dataset_too_small_for_any_train_frac():
         rows = len(train_eval_indices(1, 1.0, use_val)[0])
         with pytest.raises(UserError) as e:
             check_train_rows("tiny", 1, rows, 1.0, use_val)
-        assert str(e.value) == f"dataset tiny has too few training rows{held_out} to train on: at least 2 are needed"
+        assert str(e.value) == f"dataset tiny has too few training rows{held_out} to train on: at least 2 are needed " \
+                               f"(a batch of one breaks BatchNorm)"
     check_train_rows("tiny", 2, 2, 1.0, False)  # enough: nothing said
 
 

@@ -42,8 +42,8 @@ RUN = ["--dataset=digits", "--model_class=resnet10t", "--image_size=16", "--meth
 def test_default_name_is_the_readable_part_and_a_hash_of_every_setting():
     cfg = tiny(eval_steps=1, use_val=True, out_dir="elsewhere", compile=True, skip_done=True)
     # every flag but the bookkeeping ones and those init ignores (beta, the teachers', other methods'
-    # hyperparameters); its own hyperparameter at its default
-    ignored = {"prec", "pretrained_models", "teacher_image_size"}
+    # hyperparameters); its own hyperparameter at its default; --paper_exact, added later, only when given
+    ignored = {"prec", "pretrained_models", "teacher_image_size", "paper_exact"}
     identity = {k: v for k, v in asdict(cfg).items() if k not in BOOKKEEPING | ignored | {"method_args", "data"}}
     identity.update(no_augment=True)
     assert result_identity(cfg) == identity and "steps" in identity and "out_dir" not in identity
@@ -57,7 +57,7 @@ def test_default_name_is_the_readable_part_and_a_hash_of_every_setting():
 
 
 @pytest.mark.parametrize("flag, first, second, common", [
-    ("pretrained_models", "", "efficientnet_lite2", {}),
+    ("no_augment", True, False, {}),
     ("steps", 2, 4, {}),
     ("batch_size", 32, 16, {}),
     ("init_model", "", "efficientnet_lite2", dict(model_class="efficientnet_lite2", image_size=32)),
@@ -66,10 +66,12 @@ def test_default_name_is_the_readable_part_and_a_hash_of_every_setting():
 ])
 def test_runs_differing_in_one_flag_keep_both_results(tmp_path, flag, first, second, common):
     """The user's report: a 4-step run replaced a 50-step run's results file of the same name."""
-    a = run(tiny(**common, **{flag: first}, out_dir=str(tmp_path)))
+    def given(value):  # a method's hyperparameter is given through method_args, as the scripts do
+        return dict(method_args={flag: value}) if flag == "no_augment" else {flag: value}
+    a = run(tiny(**common, **given(first), out_dir=str(tmp_path)))
     path_a = tmp_path / f"{a.run_name}.json"
     kept = path_a.read_bytes()
-    b = run(tiny(**common, **{flag: second}, out_dir=str(tmp_path)))
+    b = run(tiny(**common, **given(second), out_dir=str(tmp_path)))
     assert a.run_name != b.run_name
     assert path_a.read_bytes() == kept
     assert json.loads(kept)["config"][flag] == first
@@ -89,8 +91,9 @@ def test_results_of_another_configuration_are_refused_before_any_work(tmp_path):
     # Refused before the teachers' features are looked for (a kd run would compute the missing cache).
     line = error_line(cli("run.py", *RUN, "--method=kd", "--pretrained_models=efficientnet_lite2", "--run_name=r",
                           cwd=tmp_path, check=False))
-    assert line.startswith("error: ./results/r.json was written with --pretrained_models=all-MiniLM-L6-v2 "
-                           "(now efficientnet_lite2), --method=init (now kd); ")
+    assert line.startswith("error: ./results/r.json was written with --method=init (now kd), "
+                           "--pretrained_models=efficientnet_lite2 (not a setting of that run), ")
+    assert "--no_augment=True (not a setting of this run)" in line  # init reads it, kd does not
     assert not (tmp_path / "features").exists() and (tmp_path / "results" / "r.json").read_bytes() == kept
 
 

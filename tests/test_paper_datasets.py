@@ -145,7 +145,7 @@ def test_food_from_disk(tmp_path):
 
 def test_images_are_decoded_once_and_kept(tmp_path, monkeypatch):
     """The second load reads the decoded squares from {data_dir}/aft-decoded instead of the JPEGs."""
-    import aft.datasets.torchvision_sets as tv
+    from aft.datasets.decode import Decoding
     write_dtd(str(tmp_path))
     first = load_task("dtd", str(tmp_path))
     assert visible(tmp_path / "aft-decoded") == ["dtd-test-256px.json", "dtd-test-256px.u8", "dtd-train-256px.json",
@@ -153,7 +153,7 @@ def test_images_are_decoded_once_and_kept(tmp_path, monkeypatch):
 
     def no_decoding(*a, **k):
         raise AssertionError("decoded again")
-    monkeypatch.setattr(tv, "square_uint8", no_decoding)
+    monkeypatch.setattr(Decoding, "__call__", no_decoding)
     again = load_task("dtd", str(tmp_path))
     assert torch.equal(pixels(again.train.inputs), pixels(first.train.inputs)) and torch.equal(again.test.labels, first.test.labels)
 
@@ -204,7 +204,7 @@ def test_cifar_keeps_its_arrays(monkeypatch, tmp_path, name, cls, num_classes):
 
 def test_flowers_through_torchvision_interface(monkeypatch, tmp_path):
     """Flowers102 (MD5-checked on disk, so a stand-in class): train/test splits, 102 classes, images of
-    varied size arriving through the transform the loader passes, made square."""
+    varied size as the set returns them, made square."""
     import torchvision
     from PIL import Image
     calls = []
@@ -222,7 +222,7 @@ def test_flowers_through_torchvision_interface(monkeypatch, tmp_path):
         def __getitem__(self, i):
             w, h = SIZES[i]
             img = Image.fromarray(np.full((h, w, 3), 10 * i, dtype=np.uint8))
-            return self.transform(img), 101 - i
+            return (self.transform(img) if self.transform is not None else img), 101 - i  # as torchvision's
 
     monkeypatch.setattr(torchvision.datasets, "Flowers102", FakeFlowers)
     task = load_task("flowers", str(tmp_path))
@@ -393,12 +393,13 @@ def test_snli_ve_feeds_image_text_and_pair_models(tmp_path):
     assert not resolve_model("tiny_bert").accepts("image") and not image.accepts("text")
 
 
-# ---- the decode size: the largest side a model of the run resizes pictures to ---------------------------
+# ---- the decode size: the side the downstream model resizes pictures to ---------------------------------
 
-def test_pictures_are_decoded_at_the_side_the_runs_largest_model_needs(monkeypatch):
-    """A run's pictures are decoded at the largest input size / crop fraction among the models that
-    read them now: the downstream model and the pre-trained models whose caches are missing (a cached
-    one reads nothing); AFT_IMAGE_SIZE overrides it; a run that reads no pictures gets the default."""
+def test_pictures_are_decoded_at_the_side_the_downstream_model_needs(monkeypatch):
+    """A run's pictures are decoded at its downstream model's input size / crop fraction, whatever its
+    teachers (one whose features are computed decodes them at its own side); a linear probe's at its
+    first teacher whose cache is missing; AFT_IMAGE_SIZE overrides it; a run that reads no pictures
+    gets the default."""
     from aft.config import Config
     from aft.datasets.decode import DEFAULT_DECODE_SIZE
     from aft.plan import make_plan
@@ -409,7 +410,7 @@ def test_pictures_are_decoded_at_the_side_the_runs_largest_model_needs(monkeypat
 
     vit_s, dinov2_g = "vit_small_patch16_224.augreg_in1k", "vit_giant_patch14_dinov2.lvd142m"
     assert side(model_class=vit_s, pretrained_models="", method="init") == 248  # 224 / 0.9
-    assert side(model_class=vit_s, pretrained_models=dinov2_g) == 518  # DINOv2's 518 at crop 1.0
+    assert side(model_class=vit_s, pretrained_models=dinov2_g) == 248  # not DINOv2's 518: it decodes its own
     assert side(model_class=vit_s, image_size=112, pretrained_models="", method="init") == 124
     assert side(method="linear_probe", pretrained_models=dinov2_g, teacher_image_size=224) == 224
     assert side(dataset="tweets", model_class="tiny_bert", pretrained_models="all-MiniLM-L6-v2") == DEFAULT_DECODE_SIZE

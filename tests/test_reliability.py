@@ -94,7 +94,8 @@ def test_truncated_cache_is_refused(tmp_path):
     path.write_bytes(path.read_bytes()[:4000])
     line = error_line(cli("run.py", *IMAGE_RUN, "--method=kd", cwd=tmp_path, check=False))
     assert "features/efficientnet_lite2_digits.pt is not a readable feature file" in line
-    assert "delete it and create it again" in line
+    assert "delete it and make it again with: python save_features.py --model_class=efficientnet_lite2" in line
+    assert "weights_only" not in line  # PyTorch's advice to load it unsafely is not passed on
 
 
 # ---- checkpoints -----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from aft.datasets.base import (DATASETS, VAL_FRAC, VAL_SPLIT_SEED, DatasetEntry,
 from aft.datasets import embedded, hf_text, snli_ve, torchvision_sets  # noqa: F401  (they register their sets)
 from aft.datasets import own  # noqa: F401  (the rules for your own data: folders, tables, Hugging Face datasets)
 from aft.datasets.base import DataOptions
-from aft.datasets.decode import decode_size as default_decode_size
+from aft.datasets.decode import as_decoding, decode_size as default_decode_size
 
 __all__ = ["Split", "Task", "DATASETS", "DataOptions", "DatasetEntry", "register_dataset", "dataset_entry", "load_task",
            "load_entry",
@@ -32,8 +32,12 @@ def load_task(name, data_dir=None, decode_size=None, options=DataOptions()):
     return load_entry(dataset_entry(name, options), data_dir, decode_size)
 
 
-def load_entry(entry, data_dir=None, decode_size=None, pictures=True):
-    """The Task of a dataset's entry (dataset_entry). pictures=False: your own data's pictures are not
-    decoded (their inputs are None), for a reader of the labels alone (logme.py)."""
-    task = entry.load(data_dir, 0 if not pictures and entry.given else decode_size or default_decode_size())
-    return dataclasses.replace(task, fingerprint=entry.fingerprint, flags=entry.flags)
+def load_entry(entry, data_dir=None, decode=None, pictures=True):
+    """The Task of a dataset's entry (dataset_entry); its pictures of varying size decoded as `decode`
+    says (an aft.datasets.decode.Decoding, or the side of the squares; None: the default side).
+    pictures=False: your own data's pictures are not decoded (their inputs are None), for a reader of
+    the labels alone (logme.py)."""
+    decoding = as_decoding(0 if not pictures and entry.given else decode or default_decode_size())
+    task = entry.load(data_dir, decoding)
+    return dataclasses.replace(task, fingerprint=entry.fingerprint, flags=entry.flags,
+                               model_ready=bool(task.decoded_size) and decoding.model_ready)

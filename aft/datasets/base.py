@@ -22,13 +22,18 @@ VAL_FRAC = 0.1
 class Split:
     inputs: object  # list[str] for text, uint8 tensor (N, C, H, W) for images
     labels: torch.Tensor
+    # originals(i) -> row i's picture as it is on disk (a PIL image), for augmenting it as the paper's code
+    # does (--paper_exact); None where a loader keeps none
+    originals: object = None
 
     def __len__(self):
         return len(self.labels)
 
     def subset(self, idx):
         inputs = [self.inputs[i] for i in idx.tolist()] if isinstance(self.inputs, list) else self.inputs[idx]
-        return Split(inputs, self.labels[idx])
+        rows = idx.tolist()
+        originals = None if self.originals is None else (lambda i, get=self.originals: get(rows[i]))
+        return Split(inputs, self.labels[idx], originals)
 
 
 @dataclass
@@ -45,6 +50,7 @@ class Task:
     val: Split = None  # the dataset's own validation split, where it has one (--use_val evaluates on it)
     skipped: int = 0  # bad rows left out (--skip_bad_rows)
     fingerprint: str = ""  # your own data's files as they are (the DatasetEntry's)
+    model_ready: bool = False  # its pictures were decoded to exactly one model's input (--paper_exact)
     flags: str = ""  # how the dataset is given on the command line (the DatasetEntry's)
 
 
@@ -94,8 +100,10 @@ class DatasetEntry:
     work (aft.models.check_modality reads only the name and the modality, of a Task or of this)."""
     name: str  # the dataset's name in file names and results: a registered name, or your data's (aft.datasets.own)
     modality: str  # that of the Task `load` returns
-    load: object  # load(data_dir, decode_size) -> Task; decode_size: side of the squares pictures of varying size become
+    load: object  # load(data_dir, decoding) -> Task; decoding: how pictures of varying size become squares (Decoding)
     has_val: bool = False  # the dataset has a validation split of its own (--use_val evaluates on it)
+    decodes: bool = False  # its pictures are of varying size and decoded for each model at its side (aft.plan)
+    paper_decodes: bool = False  # under --paper_exact its pictures go through each model's own timm transform
     fingerprint: str = ""  # your own data's files as they are (names, sizes, times): a cache of other files is stale
     given: str = ""  # your own data: its --dataset and own-data flags as given, for the commands an error prints
 
@@ -123,9 +131,12 @@ def tensor_product(modality):
     return modality == "image_text"
 
 
-def register_dataset(name, modality):
+def register_dataset(name, modality, decodes=False, paper_decodes=None):
+    """Register the loader `fn(data_dir, decoding) -> Task` of a dataset; `paper_decodes` (default:
+    `decodes`): whether --paper_exact decodes its pictures per model as the paper's code does."""
     def wrap(fn):
-        DATASETS.register(name, DatasetEntry(name, modality, fn))
+        DATASETS.register(name, DatasetEntry(name, modality, fn, decodes=decodes,
+                                             paper_decodes=decodes if paper_decodes is None else paper_decodes))
         return fn
     return wrap
 
@@ -162,7 +173,7 @@ SUGGESTED_FRACS = [float(f"{m}e{e}") for e in range(-10, 0) for m in range(10, 1
 
 def check_train_rows(dataset, n_train, n_rows, train_frac, use_val, num_classes=2):
     """One line when the `n_rows` rows train_eval_indices(n_train, train_frac, use_val) picked are too
-    few to train on (fewer than two, or than the classes), naming the smallest --train_frac (to two
+    few to train on (fewer than two, or than the `num_classes` classes of the train split), naming the smallest --train_frac (to two
     significant digits) that gives enough."""
     least = max(MIN_TRAIN_ROWS, num_classes)
     if n_rows >= least:

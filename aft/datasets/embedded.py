@@ -31,8 +31,14 @@ def digits(data_dir, decode_size=None):
     labels = torch.from_numpy(d.target.astype(np.int64))
     tr, te = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=0, stratify=d.target)
     tr, te = torch.from_numpy(np.sort(tr)), torch.from_numpy(np.sort(te))
-    return Task("digits", "image", 10, Split(images[tr], labels[tr]), Split(images[te], labels[te]),
+    return Task("digits", "image", 10, array_split(images[tr], labels[tr]), array_split(images[te], labels[te]),
                 class_names=[str(i) for i in range(10)])
+
+
+def array_split(images, labels):
+    """A Split of pictures kept as a uint8 tensor, each also a PIL image (Split.originals)."""
+    from PIL import Image
+    return Split(images, labels, lambda i: Image.fromarray(images[i].permute(1, 2, 0).squeeze(-1).numpy()))
 
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
@@ -57,8 +63,8 @@ def fashion_mnist(data_dir, decode_size=None):
             x_tr, y_tr, x_te, y_te = (_read_idx(os.path.join(folder, n)) for n in names)
             classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                        "Sneaker", "Bag", "Ankle boot"]
-            return Task("fashion_mnist", "image", 10, Split(x_tr.unsqueeze(1), y_tr.long()),
-                        Split(x_te.unsqueeze(1), y_te.long()), class_names=classes)
+            return Task("fashion_mnist", "image", 10, array_split(x_tr.unsqueeze(1), y_tr.long()),
+                        array_split(x_te.unsqueeze(1), y_te.long()), class_names=classes)
     raise UserError(f"Fashion-MNIST not found in {', '.join(folders)}; install the Debian package "
                     f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or put {', '.join(names)} "
                     f"in --data_dir")

@@ -33,7 +33,7 @@ from functools import partial
 import torch
 
 from aft.datasets.base import DATASETS, DatasetEntry, Split, Task
-from aft.datasets.decode import data_root, decoded_store, offline, offline_reason, open_picture, square_uint8
+from aft.datasets.decode import data_root, decoded_store, offline, offline_reason, open_picture
 from aft.errors import UserError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -83,7 +83,7 @@ class OwnKind:
         given = " ".join([f"--dataset={shlex.quote(name)}"] + [f"--{k}={shlex.quote(str(v))}" for k, v in
                                                               options.changed().items()])
         return DatasetEntry(canonical, reader.modality, partial(reader.load, canonical), has_val=reader.val is not None,
-                            fingerprint=reader.fingerprint(), given=given)
+                            decodes=reader.modality != "text", paper_decodes=reader.modality != "text", fingerprint=reader.fingerprint(), given=given)
 
 
 class MissingPath:
@@ -218,6 +218,7 @@ class Rows:
     """One split's inputs (texts, pictures, or picture + text pairs) and their label values."""
     inputs: object
     labels: list
+    originals: object = None  # originals(i) -> row i's picture as it is (aft.datasets.Split)
 
 
 class Source:
@@ -231,7 +232,7 @@ class Source:
     def task(self, canonical, splits, classes, class_names=None, **extra):
         """The Task of `splits` ({split: Rows or None}), the labels mapped to their class's index."""
         index = {c: i for i, c in enumerate(classes)}
-        out = {s: Split(rows.inputs, torch.tensor([index[y] for y in rows.labels], dtype=torch.long))
+        out = {s: Split(rows.inputs, torch.tensor([index[y] for y in rows.labels], dtype=torch.long), rows.originals)
                for s, rows in splits.items() if rows is not None}
         return Task(canonical, self.modality, len(classes), out["train"], out["test"], val=out.get("val"),
                     class_names=[str(c) for c in (class_names or classes)], **extra)
@@ -287,28 +288,30 @@ class ImageFolder(Source):
     def fingerprint(self):
         return folder_fingerprint([p for s in self.splits.values() if s is not None for p in s.paths])
 
-    def load(self, canonical, data_dir, decode_size):
+    def load(self, canonical, data_dir, decoding):
         root, fingerprint, skipped = data_root(data_dir), self.fingerprint(), 0
         decoded = {}
         for split, pictures in self.splits.items():
             if pictures is None:
                 continue
-            if not decode_size:  # the labels alone
+            if not decoding.side:  # the labels alone
                 decoded[split] = Rows(None, pictures.labels)
                 continue
-            key = f"{canonical}-{split}-{decode_size}px-{fingerprint[:8]}"
+            key = f"{canonical}-{split}-{decoding.key}-{fingerprint[:8]}"
             images, _, info = decoded_store(root, key, len(pictures.paths),
-                                            lambda i, p=pictures: (square_uint8(open_picture(p.paths[i]), decode_size),
-                                                                   0), decode_size, f"{self.name} {split}")
+                                            lambda i, p=pictures: (decoding(open_picture(p.paths[i])), 0),
+                                            decoding, f"{self.name} {split}")
             bad = {row: f"{os.path.relpath(pictures.paths[row], self.where)} ({reason})" for row, reason in info["bad"]}
             if bad and not self.options.skip_bad_rows:
                 refuse_bad(self.name, "pictures cannot be read", list(bad.values()), SKIP_FIX)
             keep = torch.tensor([i for i in range(len(pictures.paths)) if i not in bad], dtype=torch.long)
             skipped += len(bad)
-            decoded[split] = Rows(images[keep], [pictures.labels[i] for i in keep.tolist()])
+            kept = [pictures.paths[i] for i in keep.tolist()]
+            decoded[split] = Rows(images[keep], [pictures.labels[i] for i in keep.tolist()],
+                                  lambda i, paths=kept: open_picture(paths[i]))
         if skipped:
             print(f"note: left out {skipped} pictures of {self.name} that cannot be read (--skip_bad_rows)", flush=True)
-        return self.task(canonical, decoded, self.classes, decoded_size=decode_size, skipped=skipped)
+        return self.task(canonical, decoded, self.classes, decoded_size=decoding.side, skipped=skipped)
 
 
 # ---- a table of texts --------------------------------------------------------------------------------
@@ -443,7 +446,7 @@ class Table(Source):
     def fingerprint(self):
         return folder_fingerprint(self.files)
 
-    def load(self, canonical, data_dir, decode_size):
+    def load(self, canonical, data_dir, decoding):
         rows = {s: Rows(list(t.texts), t.labels) if t is not None else None for s, t in self.splits.items()}
         return self.task(canonical, rows, self.classes, truncation_side=self.options.truncation_side,
                          skipped=self.skipped)
@@ -531,7 +534,7 @@ class HFData(Source):
                                   .encode()).hexdigest()[:16]
         return folder_fingerprint(tree_files(self.where))
 
-    def load(self, canonical, data_dir, decode_size):
+    def load(self, canonical, data_dir, decoding):
         import datasets
         from aft.inputs import ImageText
         root, fingerprint, out = data_root(data_dir), self.fingerprint(), {}
@@ -542,16 +545,15 @@ class HFData(Source):
             ds = ds.select(self.keep[split])
             texts = self.texts(ds) if self.text_columns else None
             images = None
-            if self.image_column and decode_size:
+            if self.image_column and decoding.side:
                 cells = ds.select_columns([self.image_column])
                 if isinstance(cells.features[self.image_column], datasets.Image):
                     cells = cells.cast_column(self.image_column, datasets.Image(decode=False))
                 folder = self.where if not self.hub_id else None
-                key = f"{canonical}-{split}-{decode_size}px-{fingerprint[:8]}"
+                key = f"{canonical}-{split}-{decoding.key}-{fingerprint[:8]}"
                 images, _, info = decoded_store(
-                    root, key, len(cells), lambda i, c=cells: (square_uint8(open_picture(
-                        self.cell(c[i][self.image_column], folder)), decode_size), 0), decode_size,
-                    f"{self.name} {split}")
+                    root, key, len(cells), lambda i, c=cells: (decoding(open_picture(
+                        self.cell(c[i][self.image_column], folder))), 0), decoding, f"{self.name} {split}")
                 if info["bad"]:
                     refuse_bad(self.name, "pictures cannot be read", [f"{split} row {self.keep[split][r]} ({why})" for
                                                                       r, why in info["bad"]],
@@ -561,13 +563,15 @@ class HFData(Source):
                 inputs = ImageText(images, torch.arange(len(texts)), texts)
             else:
                 inputs = images if images is not None else texts
-            out[split] = Rows(inputs, self.row_labels[split])
+            originals = None if images is None else \
+                (lambda i, c=cells, folder=folder: open_picture(self.cell(c[i][self.image_column], folder)))
+            out[split] = Rows(inputs, self.row_labels[split], originals)
         if skipped:
             print(f"note: left out {skipped} rows of {self.name} without a label or text (--skip_bad_rows)", flush=True)
         return self.task(canonical, out, self.classes, class_names=[self.names[c] for c in self.classes] if self.names and
                          all(isinstance(c, int) and 0 <= c < len(self.names) for c in self.classes) else None,
                          truncation_side=self.options.truncation_side,
-                         decoded_size=decode_size if self.image_column else 0, skipped=skipped)
+                         decoded_size=decoding.side if self.image_column else 0, skipped=skipped)
 
     @staticmethod
     def cell(value, folder):

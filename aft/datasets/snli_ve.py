@@ -3,7 +3,7 @@ from the Hugging Face copies the paper code loaded."""
 import torch
 
 from aft.datasets.base import Split, Task, register_dataset
-from aft.datasets.decode import data_root, decoded_store, open_picture, square_uint8
+from aft.datasets.decode import data_root, decoded_store, open_picture
 from aft.datasets.hf_text import hf_labels, hf_split
 from aft.errors import UserError
 from aft.inputs import ImageText
@@ -12,7 +12,7 @@ SNLI_VE = {"train": "Multimodal-Fatima/SNLI-VE_train", "test": "Multimodal-Fatim
 SNLI_VE_CLASSES = ["entailment", "neutral", "contradiction"]
 
 
-def _snli_ve_split(split, root, size):
+def _snli_ve_split(split, root, decoding):
     """Rows (picture, hypothesis, label) in the hub's order; each Flickr30k picture is decoded once,
     however many hypotheses it has (about 17 per picture)."""
     import datasets
@@ -30,9 +30,9 @@ def _snli_ve_split(split, root, size):
     index = torch.as_tensor(index, dtype=torch.long)
     pictures = ds.select(picture_rows).select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
 
-    images, _, info = decoded_store(root, f"snli-ve-{split}-{size}px", len(pictures),
-                                    lambda i: (square_uint8(open_picture(pictures[i]["image"]), size), 0), size,
-                                    f"snli-ve {split} pictures at {size} px")
+    images, _, info = decoded_store(root, f"snli-ve-{split}-{decoding.key}", len(pictures),
+                                    lambda i: (decoding(open_picture(pictures[i]["image"])), 0), decoding,
+                                    f"snli-ve {split} pictures at {decoding.key}")
     if info["bad"]:
         row, reason = info["bad"][0]
         raise UserError(f"snli-ve {split}: picture {row} cannot be read ({reason}); download the dataset again, "
@@ -41,13 +41,14 @@ def _snli_ve_split(split, root, size):
     if not bool(keep.all()):
         index, labels = index[keep], labels[keep]
         texts = [t for t, k in zip(texts, keep.tolist()) if k]
-    return Split(ImageText(images, index, texts), labels)
+    return Split(ImageText(images, index, texts), labels,
+                 lambda i: open_picture(pictures[int(index[i])]["image"]))
 
 
-@register_dataset("snli-ve", modality="image_text")
-def snli_ve(data_dir, decode_size):
+@register_dataset("snli-ve", modality="image_text", decodes=True)
+def snli_ve(data_dir, decoding):
     """SNLI-VE, the hub copies the paper code loaded. An image model reads the pictures, a text model
     the hypotheses, CLIP both."""
     root = data_root(data_dir)
-    return Task("snli-ve", "image_text", 3, _snli_ve_split("train", root, decode_size),
-                _snli_ve_split("test", root, decode_size), class_names=SNLI_VE_CLASSES, decoded_size=decode_size)
+    return Task("snli-ve", "image_text", 3, _snli_ve_split("train", root, decoding),
+                _snli_ve_split("test", root, decoding), class_names=SNLI_VE_CLASSES, decoded_size=decoding.side)

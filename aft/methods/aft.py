@@ -28,7 +28,8 @@ def prior_lr_field():
 @dataclass(frozen=True)
 class PriorSettings:
     """AFT's hyperparameters, shared by the ablations that learn teacher-side weights."""
-    learn_scales: bool = hyperparameter(True, "AFT learns its per-feature scales (False: fixed at 1/2)", paper=True)
+    learn_scales: bool = hyperparameter(True, "AFT learns its per-feature scales (False: fixed at 1/2)", paper=True,
+                                        paper_default=False)
     prior_lr: float = prior_lr_field()
 
 

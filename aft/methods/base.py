@@ -41,12 +41,20 @@ def get_method(name):
     return METHODS.get(name)
 
 
-def hyperparameter(default, help, bound=None, paper=False, refused_elsewhere=None):
+def hyperparameter(default, help, bound=None, paper=False, refused_elsewhere=None, paper_default=None):
     """A field of a method's Settings: its default, its --help text, its bound (a key of
-    aft.errors.BOUND_TESTS), whether the paper's run.py has the flag, and, when another value than the
-    default must be refused for every other method, why (in the error line)."""
+    aft.errors.BOUND_TESTS), whether the paper's run.py has the flag, when another value than the
+    default must be refused for every other method, why (in the error line), and the paper's code's
+    default where it differs (--paper_exact takes it)."""
     return dataclasses.field(default=default, metadata=dict(help=help, bound=bound, paper=paper,
-                                                            refused_elsewhere=refused_elsewhere))
+                                                            refused_elsewhere=refused_elsewhere,
+                                                            paper_default=paper_default))
+
+
+def default_of(field, paper_exact=False):
+    """A hyperparameter's default: the paper's code's under --paper_exact, where it differs."""
+    paper = field.metadata.get("paper_default")
+    return paper if paper_exact and paper is not None else field.default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,11 +111,16 @@ class MethodFacts:
         """Whether the run trains on augmented batches (the paper's init with --no_augment=False only)."""
         return False
 
+    # Under --paper_exact, the tensor-product form of the paper's code where it differs (its RKD uses
+    # the teachers side by side); None: the same.
+    paper_tensor_product = None
+
     @classmethod
-    def reads_product(cls, modality):
+    def reads_product(cls, modality, paper_exact=False):
         """Whether the method reads the tensor product of the pre-trained models' features on a dataset
         of this modality (else their features side by side)."""
-        return tensor_product(modality) and cls.tensor_product == "product"
+        form = cls.paper_tensor_product if paper_exact and cls.paper_tensor_product else cls.tensor_product
+        return tensor_product(modality) and form == "product"
 
     @classmethod
     def check_tensor_product(cls, dataset, teachers, student_factors):

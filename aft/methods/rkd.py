@@ -47,6 +47,7 @@ def relations(x):
 @register_method("rkd")
 class RelationalDistillation(Regularizer):
     tensor_product = "product"  # the batch's geometry in the joint representation, as AFT's kernels
+    paper_tensor_product = "split"  # the paper's code ignores the tensor product here: the teachers side by side
     product_student = True
 
     def forward(self, student_feat, teacher_feat):

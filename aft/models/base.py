@@ -34,6 +34,9 @@ class ModelSpec:
     # least_pixels() -> the side of the pixels its first layer takes at a time (its patches or strides): the
     # smallest input it can read; None where it is not known
     least_pixels: Callable = None
+    # "hf": a Hugging Face model, which the paper's code builds from pre-trained weights even as a student
+    # trained from random ones (--paper_exact does too)
+    family: str = ""
 
     @property
     def product_factors(self):
@@ -106,10 +109,13 @@ def uncached_hub_file(repo, filename):
     return f"{repo}/{filename}"
 
 
-def image_inputs(raw, size, mean, std, **preprocess):
+def image_inputs(raw, task, size, mean, std, **preprocess):
     """The pictures of `raw` (an image task's, or those of an image + text task), decoded once, for a
     model that takes `size` pixels normalised by `mean` and `std` (`preprocess`: crop and interpolation:
-    a ModelSpec's image_preprocess)."""
+    a ModelSpec's image_preprocess). Pictures decoded to exactly this model's input (task.model_ready,
+    --paper_exact) are only normalised."""
     from aft.inputs import ImageInputs, image_part
     images, index = image_part(raw)
+    if task is not None and task.model_ready:  # (task None: pictures given without their set)
+        preprocess = dict(preprocess, crop_pct=1.0)
     return ImageInputs(images, size, mean, std, index=index, **preprocess)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from aft.errors import UserError, first_line
-from aft.models.base import ModelSpec, offline_error, uncached_hub_file
+from aft.models.base import ModelSpec, image_inputs, offline_error, uncached_hub_file
 from aft.models.hub import check_hub
 from aft.product import Product, ProductLinear
 
@@ -78,12 +78,12 @@ def clip_spec(name):
                     crop_pct=1.0, interpolation="bicubic")
 
     def make_inputs(raw, task, image_size=None):
-        from aft.inputs import ImageInputs, ImageText, PairInputs
+        from aft.inputs import ImageText, PairInputs
         if not isinstance(raw, ImageText):
             raise UserError(f"model {name} takes image + text pairs (snli-ve), not dataset {task.name}")
         open_clip = _import_open_clip(name)
         ids = open_clip.get_tokenizer(CLIP_ARCH)(raw.texts).to(torch.int32)  # (N, 77), truncated like CLIP
-        return PairInputs(ImageInputs(raw.images, **preprocess(image_size), index=raw.index), ids)
+        return PairInputs(image_inputs(raw, task, **preprocess(image_size)), ids)
 
     return ModelSpec(name, "image_text", build, make_inputs, image_preprocess=preprocess,
                      downstream_only=downstream_only)

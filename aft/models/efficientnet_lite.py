@@ -33,7 +33,7 @@ def efficientnet_lite2_spec(name):
                     interpolation="bilinear")
 
     def make_inputs(raw, task, image_size=None):
-        return image_inputs(raw, **preprocess(image_size))
+        return image_inputs(raw, task, **preprocess(image_size))
 
     return ModelSpec(name, "image", build, make_inputs, image_preprocess=preprocess,
                      least_pixels=lambda: 2)  # its stem: a stride-2 convolution

@@ -303,7 +303,8 @@ def hf_spec(name, source=None):
         check_hub(source)
         return sentence().describe() if sentence() else None
 
-    return ModelSpec(name, "text", build, make_inputs, takes_device_map=True, describe_features=describe_features)
+    return ModelSpec(name, "text", build, make_inputs, takes_device_map=True, describe_features=describe_features,
+                     family="hf")
 
 
 def text_inputs(raw, task, tokenizer_source, name=None, sentence=None):

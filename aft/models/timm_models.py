@@ -128,7 +128,7 @@ def timm_spec(name, create_name=None):
                     interpolation=cfg.get("interpolation") or "bicubic")
 
     def make_inputs(raw, task, image_size=None):
-        return image_inputs(raw, **preprocess(image_size))
+        return image_inputs(raw, task, **preprocess(image_size))
 
     def least_pixels():
         """The reduction of the model's first feature map: built on the meta device, which costs no memory."""
