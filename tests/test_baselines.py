@@ -296,6 +296,7 @@ def mlp(layers, x, relu_last):
     return x
 
 
+@pytest.mark.slow
 def test_ft_matches_reference_and_caches_its_autoencoder(cfg, tmp_path, monkeypatch, capsys):
     """The paper's factor transfer: one autoencoder per pre-trained model, factors concatenated, a
     translator d -> d -> D' -> D' whose last layer starts at zero, and R = mean over the batch of the
@@ -448,6 +449,7 @@ def test_logme_script_train_frac_and_missing_file(workdir):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["rkd", "aft_rbf", "aft_dense", "aft_no_kernel", "ft", "btune", "linear_probe"])
 def test_run_every_baseline(workdir, method):
     work, _ = workdir
@@ -470,6 +472,7 @@ def test_run_every_baseline(workdir, method):
                "(1437 train rows, score " in out.stdout and "the pre-trained side's, so R reacts" in out.stdout
 
 
+@pytest.mark.slow
 def test_run_btune_with_a_pretrained_student(workdir):
     """With --init_model, M_s comes from the student's own cached features, scored by logme.py."""
     work, _ = workdir

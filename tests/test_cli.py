@@ -3,12 +3,12 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from aft.methods import get_method
+from tests.conftest import PYTHON, ROOT
 
 # The teacher's cache is made at 32 px (the workdir fixture), so runs ask for that size.
 IMAGE_RUN = ["--dataset=digits", "--model_class=resnet10t", "--image_size=16", "--pretrained_models=efficientnet_lite2",
@@ -20,7 +20,7 @@ def cli(script, *args, cwd, check=True, **env_changes):
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1")
     for key, value in env_changes.items():
         env.pop(key, None) if value is None else env.__setitem__(key, value)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, env=env,
+    proc = subprocess.run([PYTHON, os.path.join(ROOT, script), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -44,10 +44,12 @@ def workdir(tmp_path_factory):
     return work
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["init", "aft", "kd"])
 def test_run_writes_results(workdir, method):
     out = cli("run.py", *IMAGE_RUN, f"--method={method}", "--prec=2", "--seed=3", cwd=workdir)
-    name = f"digits_resnet10t_{method}_prec2_lr0.001_seed3"
+    beta = "_prec2" if get_method(method).takes_beta() else ""  # a name has beta only where the method has one
+    name = f"digits_resnet10t_{method}{beta}_lr0.001_seed3"
     assert "final test accuracy:" in out.stdout and name in out.stdout
     res = json.load(open(result_file(workdir / "results", name)))
     assert res["config"]["method"] == method and res["config"]["prec"] == 2 and res["config"]["seed"] == 3
@@ -70,6 +72,7 @@ def test_use_val_train_frac_and_checkpoint(workdir):
     assert state["step"] == 6 and "scales" in state["method"]
 
 
+@pytest.mark.slow
 def test_wandb_logs_offline_with_the_full_config(workdir):
     """Without credentials --use_wandb logs offline: one run folder, under the results folder, holding the
     whole config."""
@@ -82,12 +85,14 @@ def test_wandb_logs_offline_with_the_full_config(workdir):
         assert text in record, text
 
 
+@pytest.mark.slow
 def test_missing_features_are_computed_on_the_spot(tmp_path):
     out = cli("run.py", *IMAGE_RUN, "--method=kd", "--steps=2", "--eval_steps=2", cwd=tmp_path)
     assert "features ./features/efficientnet_lite2_digits.pt not found: computing them now" in out.stdout
     assert torch.load(tmp_path / "features" / "efficientnet_lite2_digits.pt", weights_only=True)["train"].shape == (1437, 1280)
 
 
+@pytest.mark.slow
 def test_text_run_with_cached_features(tmp_path, demo_features):
     """The offline text demo's path (tweets, tiny BERT) on a few steps, with a cache of the right shape."""
     from aft.datasets import load_task

@@ -1,10 +1,13 @@
 """--compile runs the same computation as eager, in whole graphs, without recompiling per batch width
 (text batches are cut to their own longest example, so widths vary from step to step)."""
+import pytest
+
 from aft.config import Config
 from aft.experiment import run
 from tests.conftest import needs_cpp_compiler
 
 
+@pytest.mark.slow
 @needs_cpp_compiler
 def test_compiled_text_run_matches_eager(tmp_path, monkeypatch, demo_features):
     import torch._inductor.config as inductor_config

@@ -5,14 +5,13 @@ same final accuracy, and a 2-process run killed and resumed ends as the uninterr
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 
 from aft.features import feature_path, make_meta, write_features
 from aft.loop import CHECK_EVERY, KILL_AFTER_CHECKPOINT, SIGNAL_AT_STEP
-from tests.conftest import ROOT
+from tests.conftest import PYTHON, ROOT
 
 # A ViT (timm's test_vit) has neither dropout nor BatchNorm, so two processes can compute exactly
 # what one does; 20 steps, a loss recorded at every one.
@@ -30,7 +29,7 @@ def launch(cwd, *args, nproc=1, kill=None, signal=None):
     if signal:
         env[SIGNAL_AT_STEP] = signal
     launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    return subprocess.run([sys.executable, *launcher, os.path.join(ROOT, "run.py"), *RUN, *args], cwd=cwd, env=env,
+    return subprocess.run([PYTHON, *launcher, os.path.join(ROOT, "run.py"), *RUN, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -52,6 +51,7 @@ def work(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["init", "aft", "kd", "rkd"])
 def test_two_processes_compute_the_one_process_run(work, method):
     one = launch(work, f"--method={method}", f"--run_name={method}_one")
@@ -69,6 +69,7 @@ def test_two_processes_compute_the_one_process_run(work, method):
     assert "final test accuracy" in two.stdout and two.stdout.count("final test accuracy") == 1  # rank 0 speaks
 
 
+@pytest.mark.slow
 def test_killed_two_process_run_resumes_to_the_uninterrupted_one(work):
     args = ["--method=aft", "--eval_steps=5", "--ckpt_dir=ckpt"]
     whole = launch(work, *args, "--run_name=whole", nproc=2)
@@ -85,6 +86,7 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_one(work):
         assert x["acc"] == y["acc"] and x["loss"] == pytest.approx(y["loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_signal_to_one_process_stops_every_process_at_the_same_step(work):
     """SIGTERM to rank 1 after step 6: the processes agree on it at step 8 (every CHECK_EVERY steps), both
     stop there, rank 0 writes the checkpoint, and the run resumed ends as the uninterrupted one."""
@@ -105,6 +107,7 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_step(work):
         assert x["acc"] == y["acc"] and x["loss"] == pytest.approx(y["loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_global_batch_must_divide_among_the_processes(work):
     out = launch(work, "--method=aft", "--batch_size=15", "--run_name=odd", nproc=2)
     assert out.returncode != 0
@@ -112,6 +115,7 @@ def test_a_global_batch_must_divide_among_the_processes(work):
            "use a multiple of 2" in out.stderr
 
 
+@pytest.mark.slow
 def test_a_train_set_smaller_than_the_batch_is_shared_out_as_one_global_batch(work):
     """16 train rows under --batch_size=32: every step's global batch is those 16 rows, 8 on each process."""
     small = ["--method=aft", "--batch_size=32", "--train_frac=0.011"]

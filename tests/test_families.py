@@ -16,7 +16,6 @@ the others' caches.
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ from aft.datasets import load_task
 from aft.features import feature_path
 from aft.errors import UserError
 from aft.models import create_classifier, minilm_path, resolve_model
-from tests.conftest import ROOT, pixels
+from tests.conftest import PYTHON, ROOT, pixels
 from tests.test_paper_datasets import write_dtd
 
 TEXT_FAMILIES = ["bert", "distilbert", "roberta", "gpt2", "t5", "llama"]
@@ -45,7 +44,7 @@ def env():
 
 
 def start(script, *args, cwd):
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, env=env(),
+    return subprocess.Popen([PYTHON, os.path.join(ROOT, script), *args], cwd=cwd, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -210,6 +209,7 @@ def head_input_per_example(family, folder, texts, layers=WHOLE_HEAD):
     return torch.stack(rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", TEXT_FAMILIES)
 def test_text_features_are_the_head_input(zoo, family):
     cache = cached(zoo, family)
@@ -397,6 +397,7 @@ def test_run_trains_a_family_student(zoo, kind, student, teachers, n_train, n_te
 
 # ---- CLIP ResNet-50 (SNLI-VE) ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_clip_features_are_the_outer_product(tmp_path):
     """CLIP's feature is image embedding (x) text embedding, 1024 x 1024, as the paper's CLIP model (kept
     as its two factors), and its head is the paper's linear layer on that product; its pictures are
@@ -437,6 +438,7 @@ def assert_every_trained_parameter_gets_a_gradient(model, batch):
 
 
 
+@pytest.mark.slow
 def test_clip_student_trains_on_snli_ve(tmp_path, monkeypatch):
     """The paper's SNLI-VE setup: CLIP as the downstream model, AFT towards an image model's features
     of the pictures and a text model's features of the hypotheses (both computed on the spot)."""

@@ -78,6 +78,7 @@ def bad_runs(tmp_path_factory):
         return list(pool.map(attempt, BAD, folders))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", range(len(BAD)), ids=[f"{s} {' '.join(a)}" for s, a, _ in BAD])
 def test_bad_flag_is_one_line_before_anything_loads(bad_runs, case):
     proc, folder = bad_runs[case]
@@ -126,6 +127,7 @@ def where(text, flag):
     return max(found)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, paper, tool", [
     ("run.py", PAPER_RUN, TOOL_RUN),
     ("save_features.py", ["model_class", "dataset", "batch_size", "num_workers", "save_path", "debug"],
@@ -148,6 +150,7 @@ def test_help_lists_the_papers_flags_first(script, paper, tool):
         assert "--lr: learning rate (cosine schedule over the run); > 0" in words
 
 
+@pytest.mark.slow
 def test_papers_run_flags_are_accepted(tmp_path):
     out = cli("run.py", *STUDENT, "--method=init", "--steps=2", "--eval_steps=2", "--run_name=paper", "--cache=True",
               "--prior_freq=1", "--prior_pretrain_steps=0", cwd=tmp_path)
@@ -157,6 +160,7 @@ def test_papers_run_flags_are_accepted(tmp_path):
     assert (tmp_path / "results" / "paper.json").exists()
 
 
+@pytest.mark.slow
 def test_save_features_debug_saves_nothing(tmp_path):
     out = cli("save_features.py", "--model_class=efficientnet_lite2", "--dataset=digits", "--image_size=32",
               "--batch_size=8", "--debug", cwd=tmp_path)
@@ -165,6 +169,7 @@ def test_save_features_debug_saves_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="the OS sets no limit on a process's cores")
 def test_num_workers_sets_the_decoding_threads():
     code = ("import save_features, torch; "

@@ -56,6 +56,7 @@ def test_default_name_is_the_readable_part_and_a_hash_of_every_setting():
     assert "_kd_prec1_" in default_run_name(tiny(prec=1, **kd))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag, first, second, common", [
     ("no_augment", True, False, {}),
     ("steps", 2, 4, {}),
@@ -81,6 +82,7 @@ def test_runs_differing_in_one_flag_keep_both_results(tmp_path, flag, first, sec
 
 # ---- another configuration under the same name: refused, the file untouched -------------------------
 
+@pytest.mark.slow
 def test_results_of_another_configuration_are_refused_before_any_work(tmp_path):
     cli("run.py", *RUN, "--run_name=r", cwd=tmp_path)
     kept = (tmp_path / "results" / "r.json").read_bytes()
@@ -97,6 +99,7 @@ def test_results_of_another_configuration_are_refused_before_any_work(tmp_path):
     assert not (tmp_path / "features").exists() and (tmp_path / "results" / "r.json").read_bytes() == kept
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_configuration_is_refused_when_not_resuming(tmp_path):
     cli("run.py", *RUN, "--run_name=r", "--ckpt_dir=ckpt", "--out_dir=first", cwd=tmp_path)
     kept = (tmp_path / "ckpt" / "r.pt").read_bytes()
@@ -117,6 +120,7 @@ def test_a_file_that_is_not_a_result_is_never_overwritten(tmp_path):
 
 # ---- --skip_done -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_skip_done_skips_only_an_identical_configuration(tmp_path):
     first = cli("run.py", *RUN, cwd=tmp_path)
     [path] = (tmp_path / "results").glob("*.json")
@@ -140,6 +144,7 @@ def test_skip_done_skips_only_an_identical_configuration(tmp_path):
 
 # ---- the sweep script ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sweep_with_another_model_runs_it(tmp_path):
     """The user's report: sweep_beta.sh with MODEL=resnet18 after MODEL=resnet10t said "done already"
     for every run and printed resnet10t's table."""
@@ -174,6 +179,7 @@ def git(*args):
                           check=True).stdout.strip()
 
 
+@pytest.mark.slow
 def test_results_record_their_provenance(tmp_path):
     args = [*RUN, "--run_name=r"]
     cli("run.py", *args, cwd=tmp_path)

@@ -19,7 +19,7 @@ from aft.features import make_meta, write_features
 from aft.identity import legacy_run_name
 from aft.loop import SIGNAL_AT_STEP
 from aft.plan import make_plan
-from tests.conftest import ROOT, visible
+from tests.conftest import PYTHON, ROOT, visible
 from tests.test_cli import cli
 from tests.test_reliability import STUDENT, error_line
 
@@ -32,12 +32,13 @@ def script(name, *args, cwd, **env_changes):
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1")
     env.pop(SIGNAL_AT_STEP, None)
     env.update(env_changes)
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, name), *args], cwd=cwd, env=env,
+    return subprocess.Popen([PYTHON, os.path.join(ROOT, name), *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 # ---- runs at once ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_three_runs_needing_one_missing_cache_share_one_extraction(tmp_path):
     runs = [script("run.py", *TINY, *TEACHER, "--method=kd", f"--run_name=r{i}", cwd=tmp_path) for i in range(3)]
     outputs = [run.communicate(timeout=900) for run in runs]
@@ -51,6 +52,7 @@ def test_three_runs_needing_one_missing_cache_share_one_extraction(tmp_path):
     assert caches[0] == caches[1] == caches[2]  # the same features, the same run
 
 
+@pytest.mark.slow
 def test_two_save_features_at_once_both_finish(tmp_path):
     runs = [script("save_features.py", "--model_class=efficientnet_lite2", "--dataset=digits", "--image_size=32",
                    cwd=tmp_path) for _ in range(2)]
@@ -62,6 +64,7 @@ def test_two_save_features_at_once_both_finish(tmp_path):
 
 # ---- folders a run writes ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["out_dir", "ckpt_dir", "features_dir"])
 def test_a_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, flag):
     (tmp_path / "blocked").write_text("a file where the folder should be")
@@ -104,6 +107,7 @@ def whole(tmp_path_factory):
     return json.load(open(folder / "results" / "whole.json"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, status", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_a_signal_stops_at_a_step_with_a_checkpoint_and_the_command_to_resume(whole, tmp_path, name, status):
     run = ["--method=init", "--run_name=whole", "--ckpt_dir=ckpt"]
@@ -121,6 +125,7 @@ def test_a_signal_stops_at_a_step_with_a_checkpoint_and_the_command_to_resume(wh
     assert done["evals"] == whole["evals"]  # losses and accuracies bit for bit: the run is the uninterrupted one
 
 
+@pytest.mark.slow
 def test_without_ckpt_dir_the_line_says_how_to_make_a_run_resumable(tmp_path):
     proc = cli("run.py", *TINY, "--method=init", cwd=tmp_path, check=False, **{SIGNAL_AT_STEP: "SIGINT:0:2"})
     assert proc.returncode == 130
@@ -129,6 +134,7 @@ def test_without_ckpt_dir_the_line_says_how_to_make_a_run_resumable(tmp_path):
         "give it --ckpt_dir=DIR: it then saves at every evaluation and when stopped")
 
 
+@pytest.mark.slow
 def test_resume_without_a_checkpoint_starts_at_step_0_and_says_so(tmp_path):
     out = cli("run.py", *STUDENT, "--method=init", "--steps=2", "--eval_steps=2", "--ckpt_dir=ckpt", "--resume=True",
               "--run_name=first", cwd=tmp_path)
@@ -141,6 +147,7 @@ STUB_SCONTROL = """#!/bin/sh
 """
 
 
+@pytest.mark.slow
 def test_a_preempted_slurm_task_requeues_itself_and_resumes(tmp_path):
     """SIGTERM in the first validation task (the hook, once): run.py writes its checkpoint and exits 143,
     the task requeues itself (scontrol), Slurm (here the stand-in sbatch) starts it again and it resumes."""
@@ -165,6 +172,7 @@ def test_a_preempted_slurm_task_requeues_itself_and_resumes(tmp_path):
 
 # ---- odd values -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_batch_larger_than_the_training_rows_is_a_warning(tmp_path):
     proc = cli("run.py", *STUDENT, "--method=init", "--steps=1", "--eval_steps=1", "--batch_size=5000",
                "--run_name=big", cwd=tmp_path)
@@ -172,6 +180,7 @@ def test_a_batch_larger_than_the_training_rows_is_a_warning(tmp_path):
     assert json.load(open(tmp_path / "results" / "big.json"))["n_train"] == 1437
 
 
+@pytest.mark.slow
 def test_a_corrupt_cache_names_the_command_never_weights_only(tmp_path):
     (tmp_path / "features").mkdir()
     (tmp_path / "features" / "efficientnet_lite2_digits.pt").write_bytes(os.urandom(3000))
@@ -202,6 +211,7 @@ def test_flags_a_method_ignores_change_no_identity(tmp_path, capsys, monkeypatch
     assert make_plan(Config(method="init", pretrained_models="", **common)).run_name != base.run_name
 
 
+@pytest.mark.slow
 def test_a_run_named_by_earlier_versions_is_still_skipped(tmp_path):
     """Before flags the method ignores left the identity, every flag was hashed: such a results file is
     found under its old name by --skip_done, and not run again."""
@@ -222,6 +232,7 @@ def base_python():
     return os.path.join(sys.base_prefix, "bin", f"python{sys.version_info.major}.{sys.version_info.minor}")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.prefix == sys.base_prefix or not os.path.exists(os.path.join(ROOT, ".venv")),
                     reason="needs the .venv setup.sh makes (the project's Python found without activation)")
 def test_examples_and_benchmarks_run_without_an_active_environment(tmp_path):
@@ -240,6 +251,7 @@ def test_examples_and_benchmarks_run_without_an_active_environment(tmp_path):
     assert json.loads(bench.stdout.splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_use_wandb_without_wandb_is_one_line(tmp_path):
     blocker = tmp_path / "blocked"
     blocker.mkdir()

@@ -83,6 +83,7 @@ def mlp_teacher_features(task):
         return hidden(x), test, acc
 
 
+@pytest.mark.slow
 def test_aft_beats_standard_training_with_an_informed_teacher_and_few_labels(run, tmp_path):
     """5% of the labels (72 images) and a teacher trained on all of them: AFT's kernel matching on
     those 72 images carries what the teacher learned from the rest. Final test accuracy measured over

@@ -81,6 +81,7 @@ FORMS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", sorted(FORMS))
 def test_each_form_through_every_script(data, form):
     """save_features.py caches the features under the data's own name, logme.py scores them, run.py
@@ -150,6 +151,7 @@ def test_a_test_label_never_seen_in_training_names_the_row(tmp_path):
     assert not os.path.exists(tmp_path / "results")
 
 
+@pytest.mark.slow
 def test_unreadable_pictures_are_refused_or_left_out_and_counted(tmp_path):
     pics = write_pictures(str(tmp_path / "pics"))
     for name in ("broken.png", "empty.jpg"):
@@ -187,6 +189,7 @@ def test_a_dataset_is_named_by_what_it_is(data, tmp_path, monkeypatch):
     assert after.run_name != before.run_name
 
 
+@pytest.mark.slow
 def test_a_cache_of_changed_files_is_refused(data, tmp_path):
     folder = tmp_path / "qa"
     folder.mkdir()
@@ -220,6 +223,7 @@ def test_a_local_model_folder_typed_two_ways_is_one_model(tmp_path, monkeypatch)
 
 # ---- only the rows a run reads ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_run_computes_only_its_rows_and_the_next_adds_what_is_missing(tmp_path):
     write_table(str(tmp_path / "qa.csv"), qa_rows(40))
     run = ["--dataset=qa.csv", "--text_columns=question", "--pretrained_models=all-MiniLM-L6-v2", "--steps=1",
@@ -247,6 +251,7 @@ def test_a_run_computes_only_its_rows_and_the_next_adds_what_is_missing(tmp_path
 LIMIT = 1536 << 20  # bytes of data segment the process may use (RLIMIT_DATA); torch on a CPU needs 1.1-1.5 GiB
 
 
+@pytest.mark.slow
 def test_a_set_larger_than_the_memory_limit_extracts_and_trains(tmp_path):
     """5,600 pictures decoded at 320 px are 1.60 GiB on disk, more than the process may hold at all
     (RLIMIT_DATA 1.5 GiB): extracted and trained on, read a batch at a time."""

@@ -173,9 +173,15 @@ def test_what_has_no_tensor_product_form_is_refused_before_any_work(tmp_path, ov
 @pytest.mark.parametrize("overrides", [dict(model_class="CLIP", method="kd"), dict(model_class="CLIP", method="rkd"),
                                        dict(model_class="resnet10t", method="btune"), dict(method="linear_probe")])
 def test_what_has_one_passes(tmp_path, overrides):
+    """Accepted, planned as asked (the image model's features then the text model's), and before any work."""
     from aft.config import Config
+    from aft.methods import get_method
     from aft.plan import make_plan
-    make_plan(Config(**{**SNLI, "features_dir": str(tmp_path), **overrides}))
+    plan = make_plan(Config(**{**SNLI, "features_dir": str(tmp_path), **overrides}))
+    assert plan.method is get_method(overrides["method"]) and plan.dataset.modality == "image_text"
+    assert [t.name for t in plan.teachers] == ["efficientnet_lite2", "all-MiniLM-L6-v2"]
+    assert (plan.student.name if plan.student else None) == overrides.get("model_class")
+    assert not any(tmp_path.iterdir())
 
 
 def test_linear_probe_on_snli_ve_is_linear_in_the_product(tmp_path, monkeypatch):

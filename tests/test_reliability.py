@@ -41,6 +41,7 @@ def error_line(proc):
 
 # ---- bad flags: refused before anything is loaded --------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, args, message", [
     ("run.py", ["--train_frac=0"], "--train_frac=0.0 must be in (0, 1]"),
     ("run.py", ["--train_frac=1.5"], "--train_frac=1.5 must be in (0, 1]"),
@@ -59,6 +60,7 @@ def test_bad_flag_is_one_line(tmp_path, script, args, message):
 
 # ---- feature caches --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_missing_features_that_cannot_be_made_here_print_the_command(tmp_path, monkeypatch):
     """run.py computes a missing cache on the spot; when the model cannot be loaded here (offline,
     empty hub caches) the error gives the save_features.py command to run where it can."""
@@ -81,6 +83,7 @@ def _write_cache(folder, n_train=1437, n_test=360, dataset="digits", dim=8):
     return path
 
 
+@pytest.mark.slow
 def test_cache_that_does_not_match_the_dataset_is_refused(tmp_path):
     """Through run.py; tests/test_features.py checks every other mismatch (model, dataset, test rows)."""
     _write_cache(tmp_path, n_train=100)
@@ -89,6 +92,7 @@ def test_cache_that_does_not_match_the_dataset_is_refused(tmp_path):
     assert "create it again with: python save_features.py --model_class=efficientnet_lite2 --dataset=digits" in line
 
 
+@pytest.mark.slow
 def test_truncated_cache_is_refused(tmp_path):
     path = _write_cache(tmp_path)
     path.write_bytes(path.read_bytes()[:4000])
@@ -100,6 +104,7 @@ def test_truncated_cache_is_refused(tmp_path):
 
 # ---- checkpoints -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_checkpoint_with_code_is_refused_on_resume(tmp_path):
     ckpt = tmp_path / "ckpt" / "r.pt"
     ckpt.parent.mkdir()
@@ -110,6 +115,7 @@ def test_checkpoint_with_code_is_refused_on_resume(tmp_path):
     assert not os.path.exists(tmp_path / "pwned.txt") and not os.path.exists(tmp_path / "results")
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_names_the_step_and_keeps_the_checkpoint(tmp_path):
     args = [*STUDENT, "--method=init", "--steps=6", "--eval_steps=1", "--ckpt_dir=ckpt", "--run_name=r"]
     line = error_line(cli("run.py", *args, "--lr=1e30", cwd=tmp_path, check=False))
@@ -127,6 +133,7 @@ def test_nan_loss_stops_names_the_step_and_keeps_the_checkpoint(tmp_path):
     assert "ckpt/r.pt was written with --lr=1e+30 (now 0.001); resume with the same flags" in line
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_numbers(tmp_path):
     """SIGKILL while the second checkpoint is being written, at its last moment: complete in its
     temporary file, not yet renamed. The checkpoint on disk is then still the first one, whole;
@@ -198,6 +205,7 @@ def _kill_before_rename(proc, folder, after=lambda: True):
 
 # ---- kill -9 while a file is written ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_kill_during_save_features_leaves_no_readable_half_file(tmp_path):
     """save_features.py SIGKILLed while it writes the cache, at the last moment (the cache complete
     in its temporary file, not yet renamed): there is no cache, and run.py would say how to make it."""
@@ -222,6 +230,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_at_random_moments_never_leaves_a_half_written_file(tmp_path):
     """A writer rewriting a 32 MB cache in a loop, SIGKILLed after a random number of versions, at a
     random moment of the next write: the file is always one complete version (every value equal to
@@ -273,6 +282,7 @@ def _waits_for_a_lock(pid):
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="needs Linux's /proc/locks to see a process wait")
 @pytest.mark.parametrize("second", ["logme.py on other rows", "write_features making the cache again"])
 def test_a_second_writer_waits_for_logme_and_neither_update_is_lost(tmp_path, second):

@@ -11,7 +11,7 @@ import pytest
 
 from aft.record import RunRecord
 from aft.results import headline, load_results, markdown, summarise
-from tests.conftest import ROOT
+from tests.conftest import PYTHON, ROOT
 from tests.test_cli import result_file
 
 
@@ -115,27 +115,29 @@ def test_reruns_settings_and_strays(tmp_path):
     assert "| setting |" in table and "steps=5" in table and "steps=100" in table
 
 
+@pytest.mark.slow
 def test_command_line_and_plot(sweep_dir, tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     png = tmp_path / "plots" / "beta.png"
-    out = subprocess.run([sys.executable, "-m", "aft.results", str(sweep_dir), "--plot", str(png)],
+    out = subprocess.run([PYTHON, "-m", "aft.results", str(sweep_dir), "--plot", str(png)],
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("| dataset | model |") and f"plot: {png}" in out.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
-    out = subprocess.run([sys.executable, "-m", "aft.results", str(sweep_dir), "--chosen"],
+    out = subprocess.run([PYTHON, "-m", "aft.results", str(sweep_dir), "--chosen"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.stdout.split("\n") == ["init 0 0.001", "aft 10 0.001", "kd 1 0.001", "init 0 0.001",
                                       "aft 3 0.001", "kd 3 0.001", ""]
 
-    out = subprocess.run([sys.executable, "-m", "aft.results", str(tmp_path / "nowhere")],
+    out = subprocess.run([PYTHON, "-m", "aft.results", str(tmp_path / "nowhere")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [f"error: {tmp_path / 'nowhere'} is not a folder; give the "
                                                "--out_dir of run.py (default ./results)"]
 
 
+@pytest.mark.slow
 def test_sweep_beta_script_end_to_end(tmp_path):
     """examples/sweep_beta.sh on a tiny sweep (digits, ResNet-10t at 16 px from scratch, EfficientNet-
     Lite2 features, AFT, 2 seeds x 2 betas, 4 steps): validation runs, test runs at the chosen beta,
@@ -169,6 +171,7 @@ def test_sweep_beta_script_end_to_end(tmp_path):
     assert again.returncode == 0 and again.stdout.count("done already:") == 6
 
 
+@pytest.mark.slow
 def test_quickstart_script_runs_each_method_at_its_beta(tmp_path):
     """examples/quickstart.sh with METHODS on a tiny stand-in for the demo (digits, ResNet-10t at 16 px,
     EfficientNet-Lite2 features, 2 steps): one run per method at its beta, then the table; a method
@@ -184,8 +187,8 @@ def test_quickstart_script_runs_each_method_at_its_beta(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert sorted(os.listdir(tmp_path / "res")) == sorted(
         result_file(tmp_path / "res", name).name for name in ["digits_resnet10t_aft_dense_prec3_lr0.001_seed0",
-                                                              "digits_resnet10t_init_prec0_lr0.001_seed0",
-                                                              "digits_resnet10t_linear_probe_prec0_lr0.05_seed0"])
+                                                              "digits_resnet10t_init_lr0.001_seed0",
+                                                              "digits_resnet10t_linear_probe_lr0.05_seed0"])
     assert "| digits | resnet10t | efficientnet_lite2 | aft_dense | 3 |" in out.stdout
     env["METHODS"] = "init nope"
     out = subprocess.run(["sh", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -24,7 +24,18 @@ def test_fp32_on_cuda_keeps_full_precision_matmuls(restore_backend_flags):
     assert torch.backends.cudnn.allow_tf32  # PyTorch's default for convolutions, as the paper had
 
 
-def test_cpu_settings_are_left_alone(restore_backend_flags):
-    torch.backends.cuda.matmul.allow_tf32 = True
-    speed_settings(torch.device("cpu"), "fp32")
-    assert torch.backends.cuda.matmul.allow_tf32  # untouched: a CPU run does not use them
+def flags():
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cpu_settings_are_left_alone(restore_backend_flags, precision):
+    """Each flag starts at the value opposite to what a CUDA run of this precision sets, so any flag a CPU
+    run touched would show: a CPU run does not use them, and they stay as the user had them."""
+    cuda_sets = (precision == "bf16", True, True)
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = \
+        [not v for v in cuda_sets]
+    speed_settings(torch.device("cpu"), precision)
+    assert flags() == tuple(not v for v in cuda_sets)
+    speed_settings(torch.device("cuda"), precision)  # and the same call on CUDA does set them: the test can fail
+    assert flags() == cuda_sets

@@ -117,6 +117,7 @@ def test_folders_saved_by_the_library_give_encode(bert, data, tmp_path, modes, n
     torch.testing.assert_close(features(folder, task, texts), encode(folder, texts), **TOL)
 
 
+@pytest.mark.slow
 def test_save_features_of_a_hub_id_from_the_cache(bert, data, tmp_path):
     """`save_features.py --model_class=org/name` of an ST model that is only in the hub cache, offline."""
     folder = hub_style_folder(bert, tmp_path / "st", ("cls", "mean"), True)

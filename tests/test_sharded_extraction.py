@@ -13,7 +13,7 @@ from aft.errors import UserError
 from aft.extract import KILL_AFTER_FIRST_CHUNK, check_device_map, load_chunk
 from aft.files import atomic_save
 from aft.models import resolve_model
-from tests.conftest import ROOT, visible
+from tests.conftest import PYTHON, ROOT, visible
 
 # digits at 16 px in chunks of 200 rows: 8 train chunks, 2 test chunks
 EXTRACT = ["--model_class=efficientnet_lite2", "--dataset=digits", "--image_size=16", "--chunk_rows=200",
@@ -29,7 +29,7 @@ def save_features(folder, name, nproc=1, kill_rank=None, args=()):
     if kill_rank is not None:
         env[KILL_AFTER_FIRST_CHUNK] = str(kill_rank)
     launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    return subprocess.run([sys.executable, *launcher, os.path.join(ROOT, "save_features.py"), *EXTRACT, *args,
+    return subprocess.run([PYTHON, *launcher, os.path.join(ROOT, "save_features.py"), *EXTRACT, *args,
                            f"--save_path={folder / name}"], cwd=folder, env=env, capture_output=True, text=True,
                           timeout=600)
 
@@ -59,6 +59,7 @@ def assert_same_cache(cache, reference, world_size):
     assert cache["meta"]["world_size"] == world_size and reference["meta"]["world_size"] == 1
 
 
+@pytest.mark.slow
 def test_two_ranks_give_the_one_process_cache(tmp_path, reference):
     out = save_features(tmp_path, "two.pt", nproc=2)
     assert out.returncode == 0, out.stderr
@@ -68,6 +69,7 @@ def test_two_ranks_give_the_one_process_cache(tmp_path, reference):
     assert visible(tmp_path) == ["two.pt"]  # the chunk folder is gone (a hidden lock file stays)
 
 
+@pytest.mark.slow
 def test_a_killed_two_rank_extraction_resumes_from_its_chunks(tmp_path, reference):
     """Rank 1 killed after its first chunk (torchrun then stops rank 0): started again, the ranks
     compute only the chunks that are missing; a restart with another number of processes finishes."""
@@ -88,6 +90,7 @@ def test_a_killed_two_rank_extraction_resumes_from_its_chunks(tmp_path, referenc
     assert not parts.exists()
 
 
+@pytest.mark.slow
 def test_a_killed_single_process_extraction_resumes(tmp_path, reference):
     parts = tmp_path / "s.pt.parts"
     out = save_features(tmp_path, "s.pt", kill_rank=0)

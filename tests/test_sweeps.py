@@ -108,6 +108,7 @@ def test_grid_lists_the_runs_of_each_phase(tmp_path):
     assert out.stderr.splitlines() == [f"error: no validation result for aft in {tmp_path}; see the errors above"]
 
 
+@pytest.mark.slow
 def test_gpus_sweep_writes_the_files_of_the_sequential_sweep(sequential, tmp_path):
     _, files = sequential
     path = workdir(tmp_path)
@@ -136,6 +137,7 @@ def test_gpus_sweep_with_a_failed_run_fails_after_its_phase(tmp_path):
     assert "== 2." not in out.stdout and not (path / OUT / "chosen.txt").exists()
 
 
+@pytest.mark.slow
 def test_slurm_sweep_under_a_stand_in_sbatch(sequential, tmp_path):
     seq_path, files = sequential
     path = workdir(tmp_path)
