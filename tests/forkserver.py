@@ -201,17 +201,20 @@ def _handle(conn, base_env, added, searched, base_path, threads):
     for fd in fds:
         os.close(fd)
     _send(conn, dict(pid=pid))
-    watch = os.pidfd_open(pid)
+    try:
+        watch = [os.pidfd_open(pid)]  # readable when the command ends (Linux 5.3)
+    except (AttributeError, OSError):
+        watch = []  # else a look every 50 ms
     while True:
-        ready, _, _ = select.select([conn, watch], [], [])
-        if watch in ready:
-            _, status = os.waitpid(pid, 0)
+        ready, _, _ = select.select([conn, *watch], [], [], None if watch else 0.05)
+        done, status = os.waitpid(pid, os.WNOHANG) if watch == [] or watch[0] in ready else (0, 0)
+        if done:
             try:
                 _send(conn, dict(status=status))
             except OSError:
                 pass
             os._exit(0)
-        if not conn.recv(1):  # the client is gone (killed): so is its command
+        if conn in ready and not conn.recv(1):  # the client is gone (killed): so is its command
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             os._exit(0)
