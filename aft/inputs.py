@@ -21,6 +21,9 @@ from aft.runtime import free_memory
 # Pillow 13 resizes a picture whose height shrinks much more than its width vertically first
 # (resized_crop follows the Pillow that timm's transform would run on here).
 PIL_VERTICAL_FIRST = int(PIL.__version__.split(".")[0]) >= 13
+# Rows of pictures made float at a time before the resize to the model's size: an evaluation batch of
+# 512 pictures decoded at 320 px is 315 MB of floats whole, 39 MB in parts of 64.
+FLOAT_ROWS = 64
 
 
 class TextInputs:
@@ -163,17 +166,19 @@ class ImageInputs:
         if augment and self.paper_augment is not None:
             return self.paper_batch(idx)
         if self.reader is not None:
-            x = self.reader.next(len(idx), lambda: self.host_rows(idx)).float()
+            x = self.reader.next(len(idx), lambda: self.host_rows(idx))
         else:
-            x = self.images[idx if self.index is None else self.index[idx]].float()
+            x = self.images[idx if self.index is None else self.index[idx]]
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        if augment:
-            x = timm_train_transform(x, self.size, self.interpolation)
+        if augment:  # (one batch: its random draws are the batch's)
+            x = timm_train_transform(x.float(), self.size, self.interpolation)
             if self.channels_last:  # the resize's matmuls write NCHW
                 x = x.contiguous(memory_format=torch.channels_last)
+        elif len(x) > FLOAT_ROWS and x.shape[-1] != self.size:  # row by row the same numbers, in less memory
+            x = torch.cat([self.eval_transform(part.float()) for part in x.split(FLOAT_ROWS)])
         else:
-            x = self.eval_transform(x)
+            x = self.eval_transform(x.float())
         return (x - self.mean) / self.std
 
     def eval_transform(self, x):

@@ -64,12 +64,14 @@ class DiskImages:
                 end = start + 1
                 while end < len(rows) and rows[end] == rows[end - 1] + 1:
                     end += 1
-                want = (end - start) * self.row_bytes
-                got = os.preadv(fd, [memoryview(flat[start * self.row_bytes:end * self.row_bytes])],
-                                int(rows[start]) * self.row_bytes)
-                if got != want:
-                    raise UserError(f"{self.path} is shorter than its {self.n} rows (truncated?); delete it and "
-                                    f"its .json to decode the pictures again")
+                run, offset = memoryview(flat[start * self.row_bytes:end * self.row_bytes]), int(rows[start]) * self.row_bytes
+                done = 0
+                while done < len(run):  # a read returns at most 2 GiB (Linux): a longer run takes several
+                    got = os.preadv(fd, [run[done:]], offset + done)
+                    if got == 0:
+                        raise UserError(f"{self.path} is shorter than its {self.n} rows (truncated?); delete it and "
+                                        f"its .json to decode the pictures again")
+                    done += got
                 start = end
         finally:
             os.close(fd)

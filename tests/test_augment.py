@@ -215,3 +215,18 @@ def test_init_trains_on_augmented_batches(tmp_path, monkeypatch):
     results = aft.experiment.run(cfg)
     assert calls == [True, True]  # both train steps augmented, each unlike the eval transform
     assert math.isfinite(results.final_acc)
+
+
+def test_a_large_evaluation_batch_is_made_float_in_parts_with_the_same_numbers(monkeypatch):
+    """Pictures are made float FLOAT_ROWS at a time before the resize (an evaluation batch of 512 at 320 px
+    would take 315 MB of floats at once): the numbers are those of the whole batch, bit for bit."""
+    import aft.inputs
+    pictures = torch.randint(0, 256, (30, 3, 40, 40), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    inputs = ImageInputs(pictures, 16, [0.5] * 3, [0.25] * 3, interpolation="bicubic", crop_pct=0.9)
+    rows = torch.randperm(30, generator=torch.Generator().manual_seed(1))
+    whole = inputs.batch(rows)
+    seen = []
+    transform = inputs.eval_transform
+    monkeypatch.setattr(aft.inputs, "FLOAT_ROWS", 8)
+    monkeypatch.setattr(inputs, "eval_transform", lambda x: seen.append(len(x)) or transform(x))
+    assert torch.equal(inputs.batch(rows), whole) and seen == [8, 8, 8, 6]

@@ -277,3 +277,21 @@ def test_a_set_larger_than_the_memory_limit_extracts_and_trains(tmp_path):
     stores = [f for f in os.listdir(tmp_path / "data" / "aft-decoded") if f.endswith(".u8")]
     assert sum(os.path.getsize(tmp_path / "data" / "aft-decoded" / f) for f in stores) == 5600 * 3 * 320 * 320 > LIMIT
     assert json.load(open(tmp_path / "results" / "r.json"))["n_train"] == 4600
+
+
+def test_a_store_read_longer_than_one_read_returns_is_read_whole(tmp_path, monkeypatch):
+    """Linux returns at most 2 GiB from one read: a run of rows longer than a read gives is read in several
+    (here each read gives 100 bytes); a file that ends early is still refused as truncated."""
+    import aft.store
+    from aft.store import DiskImages
+    pictures = torch.randint(0, 256, (6, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    path = tmp_path / "p.u8"
+    path.write_bytes(pictures.numpy().tobytes())
+    real = os.preadv
+    monkeypatch.setattr(aft.store.os, "preadv", lambda fd, buffers, offset: real(fd, [buffers[0][:100]], offset))
+    images = DiskImages(str(path), 6, 3, 8)
+    assert torch.equal(images.load(), pictures)
+    assert torch.equal(images[torch.tensor([4, 0, 1, 2])].load(), pictures[[4, 0, 1, 2]])
+    path.write_bytes(pictures.numpy().tobytes()[:-10])
+    with pytest.raises(UserError, match="is shorter than its 6 rows"):
+        images.load()
