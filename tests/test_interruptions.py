@@ -15,7 +15,6 @@ import torch
 
 from aft.config import Config
 from aft.errors import UserError
-from aft.features import make_meta, write_features
 from aft.identity import legacy_run_name
 from aft.loop import SIGNAL_AT_STEP
 from aft.plan import make_plan
