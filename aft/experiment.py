@@ -113,19 +113,21 @@ def earlier_run(plan):
             return saved, None
     elif plan.legacy_name and cfg.skip_done:
         old = os.path.join(cfg.out_dir, f"{plan.legacy_name}.json")
-        if os.path.exists(old) and legacy_match(old, RunRecord.read(old).config, plan):
+        saved = RunRecord.read(old) if os.path.exists(old) else None
+        if saved is not None and legacy_match(saved.config, plan):
             print(f"done already: {old}", flush=True)
-            return RunRecord.read(old), None
+            return saved, None
     if ckpt and not cfg.resume and os.path.exists(ckpt):
         check_same_run(ckpt, read_checkpoint(ckpt, mmap=True)[1], plan.identity, AFRESH)
     if ckpt and cfg.resume and not os.path.exists(ckpt) and plan.legacy_name:
         old = os.path.join(cfg.ckpt_dir, f"{plan.legacy_name}.pt")
-        if os.path.exists(old) and legacy_match(old, read_checkpoint(old, mmap=True)[1], plan):
-            return None, (old, read_checkpoint(old, mmap=True)[1])
+        saved = read_checkpoint(old, mmap=True)[1] if os.path.exists(old) else None
+        if saved is not None and legacy_match(saved, plan):
+            return None, (old, saved)
     return None, None
 
 
-def legacy_match(path, saved, plan):
+def legacy_match(saved, plan):
     """Whether a file named as earlier versions named this run (`saved`: its flat config or identity)
     is this run's."""
     return recorded_identity(saved) == legacy_identity(plan.cfg, plan.dataset)
