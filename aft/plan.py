@@ -165,7 +165,7 @@ def note_ignored(cfg, dataset=None):
     """One line for each flag given a value that the run's method ignores: it changes nothing. (An
     empty value or 0, as `--pretrained_models= --prec=0` for init, says that already.)"""
     defaults = {**{f.name: f.default for f in dataclasses.fields(Config)},
-                **{f.name: f.default for f in hyperparameters()}}
+                **{f.name: default_of(f, cfg.paper_exact) for f in hyperparameters()}}  # as flat_config's
     flat = flat_config(cfg)
     for flag in sorted(ignored_flags(cfg, dataset)):
         if flat[flag] != defaults[flag] and flat[flag]:
