@@ -133,33 +133,25 @@ def fresh_autoencoder(dim, factor_dim):
         return encoder_net(dim, factor_dim), decoder_net(dim, factor_dim)
 
 
-def train_autoencoder(x, factor_dim, device):
-    """Encoder and decoder fitted to reconstruct the rows of x (MSE), Adam, early stopping on a fixed
-    hold-out; returns the best encoder (CPU) and its hold-out MSE. The global RNG is left untouched."""
-    encoder, decoder = fresh_autoencoder(x.shape[1], factor_dim)
-    g = torch.Generator().manual_seed(AE_SEED)
-    perm = torch.randperm(len(x), generator=g)
-    n_hold = max(1, int(AE_HOLDOUT * len(x))) if len(x) > 1 else 0
-    hold, fit = x[perm[:n_hold]].to(device), x[perm[n_hold:]].to(device)
-    hold = hold if n_hold else fit
+def fit_autoencoder(dim, factor_dim, device, rounds, held_mse, min_gain):
+    """A fresh encoder and decoder (fresh_autoencoder) fitted to reconstruct rows (MSE, Adam at AE_LR):
+    each round trains on the batches `rounds()` gives, then `held_mse(encoder, decoder)` scores the rows
+    held for early stopping; the best encoder so far is kept, and AE_PATIENCE rounds without an MSE
+    below best * (1 - min_gain) stop it (at most AE_MAX_ROUNDS). Returns the best encoder (CPU) and
+    its held MSE."""
+    encoder, decoder = fresh_autoencoder(dim, factor_dim)
     encoder, decoder = encoder.to(device), decoder.to(device)
-    params = list(encoder.parameters()) + list(decoder.parameters())
-    optimizer = torch.optim.Adam(params, lr=AE_LR)
+    optimizer = torch.optim.Adam(list(encoder.parameters()) + list(decoder.parameters()), lr=AE_LR)
     best, best_state, patience = float("inf"), None, AE_PATIENCE
-    # A round is an epoch, or enough epochs for AE_MIN_ROUND_STEPS steps when the rows are few.
-    per_epoch = -(-len(fit) // AE_BATCH)
     for _ in range(AE_MAX_ROUNDS):
-        for _ in range(-(-AE_MIN_ROUND_STEPS // per_epoch)):
-            for idx in torch.randperm(len(fit), generator=g).split(AE_BATCH):
-                batch = fit[idx.to(device)]
-                loss = F.mse_loss(decoder(encoder(batch)), batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+        for batch in rounds():
+            loss = F.mse_loss(decoder(encoder(batch)), batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
         with torch.no_grad():
-            held = sum(F.mse_loss(decoder(encoder(b)), b, reduction="sum") for b in hold.split(AE_BATCH)).item()
-        held /= hold.numel()
-        patience = AE_PATIENCE if held < best * (1 - AE_MIN_GAIN) else patience - 1
+            held = held_mse(encoder, decoder)
+        patience = AE_PATIENCE if held < best * (1 - min_gain) else patience - 1
         if held < best:
             best, best_state = held, copy.deepcopy(encoder.state_dict())
         if patience == 0:
@@ -168,31 +160,39 @@ def train_autoencoder(x, factor_dim, device):
     return encoder.cpu(), best
 
 
+def train_autoencoder(x, factor_dim, device):
+    """Encoder and decoder fitted to reconstruct the rows of x, early stopping on a fixed hold-out (a gain
+    of AE_MIN_GAIN at least); returns the best encoder (CPU) and its hold-out MSE. The global RNG is left
+    untouched."""
+    g = torch.Generator().manual_seed(AE_SEED)
+    perm = torch.randperm(len(x), generator=g)
+    n_hold = max(1, int(AE_HOLDOUT * len(x))) if len(x) > 1 else 0
+    hold, fit = x[perm[:n_hold]].to(device), x[perm[n_hold:]].to(device)
+    hold = hold if n_hold else fit
+    # A round is an epoch, or enough epochs for AE_MIN_ROUND_STEPS steps when the rows are few.
+    per_epoch = -(-len(fit) // AE_BATCH)
+
+    def rounds():
+        for _ in range(-(-AE_MIN_ROUND_STEPS // per_epoch)):
+            for idx in torch.randperm(len(fit), generator=g).split(AE_BATCH):
+                yield fit[idx.to(device)]
+
+    def held_mse(encoder, decoder):
+        total = sum(F.mse_loss(decoder(encoder(b)), b, reduction="sum") for b in hold.split(AE_BATCH))
+        return total.item() / hold.numel()
+
+    return fit_autoencoder(x.shape[1], factor_dim, device, rounds, held_mse, AE_MIN_GAIN)
+
+
 def train_autoencoder_paper(x, test_x, factor_dim, device):
-    """The paper's train_ae.py: every train row in order, batches of AE_BATCH, Adam at AE_LR, early
-    stopping on the test rows' features (the best epoch so far kept; AE_PATIENCE epochs without a lower
-    test MSE stop it), at most AE_MAX_ROUNDS epochs; returns the best encoder (CPU) and its test MSE."""
-    encoder, decoder = fresh_autoencoder(x.shape[1], factor_dim)
-    encoder, decoder = encoder.to(device), decoder.to(device)
-    optimizer = torch.optim.Adam(list(encoder.parameters()) + list(decoder.parameters()), lr=AE_LR)
-    best, best_state, patience = float("inf"), None, AE_PATIENCE
+    """The paper's train_ae.py: every train row in order, batches of AE_BATCH, early stopping on the test
+    rows' features (any lower test MSE counts); returns the best encoder (CPU) and its test MSE."""
     x, test_x = x.to(device), test_x.to(device)
-    for _ in range(AE_MAX_ROUNDS):
-        for batch in x.split(AE_BATCH):
-            loss = F.mse_loss(decoder(encoder(batch)), batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        with torch.no_grad():  # the mean over test rows of each batch's mean squared error, as train_ae.py
-            test = sum(F.mse_loss(decoder(encoder(b)), b).item() * len(b) for b in test_x.split(AE_BATCH)) / len(test_x)
-        if test < best:
-            best, best_state, patience = test, copy.deepcopy(encoder.state_dict()), AE_PATIENCE
-        else:
-            patience -= 1
-            if patience == 0:
-                break
-    encoder.load_state_dict(best_state)
-    return encoder.cpu(), best
+
+    def held_mse(encoder, decoder):  # the mean over test rows of each batch's mean squared error, as train_ae.py
+        return sum(F.mse_loss(decoder(encoder(b)), b).item() * len(b) for b in test_x.split(AE_BATCH)) / len(test_x)
+
+    return fit_autoencoder(x.shape[1], factor_dim, device, lambda: x.split(AE_BATCH), held_mse, 0.0)
 
 
 def autoencoder_key(x, model, teachers, factor_dim, procedure="hold-out"):
