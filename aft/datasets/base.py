@@ -30,8 +30,9 @@ class Split:
         return len(self.labels)
 
     def subset(self, idx):
-        inputs = [self.inputs[i] for i in idx.tolist()] if isinstance(self.inputs, list) else self.inputs[idx]
-        rows = idx.tolist()
+        listed = isinstance(self.inputs, list)
+        rows = idx.tolist() if listed or self.originals is not None else None
+        inputs = [self.inputs[i] for i in rows] if listed else self.inputs[idx]
         originals = None if self.originals is None else (lambda i, get=self.originals: get(rows[i]))
         return Split(inputs, self.labels[idx], originals)
 
@@ -173,8 +174,8 @@ SUGGESTED_FRACS = [float(f"{m}e{e}") for e in range(-10, 0) for m in range(10, 1
 
 def check_train_rows(dataset, n_train, n_rows, train_frac, use_val, num_classes=2):
     """One line when the `n_rows` rows train_eval_indices(n_train, train_frac, use_val) picked are too
-    few to train on (fewer than two, or than the `num_classes` classes of the train split), naming the smallest --train_frac (to two
-    significant digits) that gives enough."""
+    few to train on (fewer than two, or than the `num_classes` classes of the train split), naming the
+    smallest --train_frac (to two significant digits) that gives enough."""
     least = max(MIN_TRAIN_ROWS, num_classes)
     if n_rows >= least:
         return
